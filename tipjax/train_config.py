@@ -1,0 +1,133 @@
+"""The frozen dataclasses a training run sees; `configs/*.py` ConfigDicts are converted into these at start-up.
+
+Every field here is a config key: `--config.selection.ratio=0.2` sets `TrainConfig.selection.ratio`.
+Defaults follow the paper (PAPER.md section 5, Table 9) and, where the paper is silent, PAPER.md section 12.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """Where a model comes from: a local Hugging Face folder, a named preset (random init), or an HF-style dict."""
+
+    path: str | None = None          # local HF folder (config.json + safetensors)
+    preset: str | None = None        # models.PRESETS name: random weights of a published shape (dry runs, benchmarks)
+    arch: dict | None = None         # HF config.json-style dict for a random model (tests, tiny runs)
+    init_seed: int = 0
+    param_dtype: str = "float32"
+    compute_dtype: str = "float32"
+    remat: str = "none"              # per-layer rematerialisation: none | full | dots
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+    source: str = "synthetic"        # "synthetic" (random prompt ids, CPU demos) or a .jsonl/.parquet prompt file
+    tokenizer: str | None = None     # HF folder with the tokenizer; default the student's path
+    prompt_field: str | None = None
+    answer_field: str = "answer"
+    suffix: str = "Let's think step by step and output the final answer within \\boxed{}."
+    enable_thinking: bool | None = None
+    max_prompt_len: int = 2048       # prompts are left padded to exactly this bucket
+    over_long: str = "skip"          # skip | truncate
+    seed: int = 42
+    synthetic_min_len: int = 4       # synthetic prompts: lengths uniform in [min, max]
+    synthetic_max_len: int = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutSpec:
+    samples_per_prompt: int = 16
+    max_new_tokens: int = 8192
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    eos_token_id: tuple[int, ...] = ()   # default: the student's config eos ids
+
+
+@dataclasses.dataclass(frozen=True)
+class SelectionSpec:
+    rule: str = "all"                # all random entropy_sample entropy_topk soft_or soft_or_bottom q3 div
+    ratio: float = 1.0
+    divergence: str = "rkl"          # rkl | fkl | jsd
+    beta: float = 0.5                # jsd mixture weight
+    chunk_size: int = 512
+    options: dict = dataclasses.field(default_factory=dict)  # selection.SelectionOptions fields
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimSpec:
+    learning_rate: float = 1e-6
+    warmup_steps: int = 0
+    decay_steps: int = 0             # cosine decay length; 0 means total_steps
+    end_lr_factor: float = 0.0
+    weight_decay: float = 0.1
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshSpec:
+    data: int = -1                   # -1: all devices not used by fsdp and tensor
+    fsdp: int = 1
+    tensor: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointSpec:
+    every: int = 50
+    keep: int = 3                    # keep the last N ...
+    keep_period: int = 0             # ... plus every M-th step (0: none)
+    async_save: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSpec:
+    every: int = 0                   # 0: no periodic evaluation
+    datasets: tuple[str, ...] = ()
+    samples: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 8192
+    limit: int = 0
+    batch_size: int = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    student: ModelSpec
+    teacher: ModelSpec
+    data: DataSpec = DataSpec()
+    rollout: RolloutSpec = RolloutSpec()
+    selection: SelectionSpec = SelectionSpec()
+    optim: OptimSpec = OptimSpec()
+    mesh: MeshSpec = MeshSpec()
+    checkpoint: CheckpointSpec = CheckpointSpec()
+    eval: EvalSpec = EvalSpec()
+    prompts_per_step: int = 8
+    total_steps: int = 1000
+    micro_batches: int = 1           # lax.scan over micro-batches with gradient accumulation
+    seed: int = 0
+    log_every: int = 1
+    notes: str = ""
+    extra: dict = dataclasses.field(default_factory=dict)
+
+
+def describe(config: Any) -> str:
+    """One `key = value` line per leaf, printed at start-up so every default the paper leaves open is visible."""
+    lines = []
+
+    def walk(prefix: str, node: Any) -> None:
+        if dataclasses.is_dataclass(node):
+            for f in dataclasses.fields(node):
+                walk(f"{prefix}.{f.name}" if prefix else f.name, getattr(node, f.name))
+        else:
+            lines.append(f"{prefix} = {node!r}")
+
+    walk("", config)
+    return "\n".join(lines)
