@@ -3,17 +3,13 @@
 Command (CPU, ~1 minute):
   python -m tipjax.train --config=configs/tiny.py --workdir=/tmp/tipjax_tiny
   python -m tipjax.train --config=configs/tiny.py:soft_or50 --workdir=/tmp/tipjax_tiny_soft_or
-Variants: the paper's rules (see configs/common.py VARIANTS), e.g. :all, :entropy50, :soft_or50, :q3_10.
+Variants: the paper's rules (tipjax.train_config.VARIANTS), e.g. :all, :entropy50, :soft_or50, :q3_10.
 Expected result: the distillation loss on fresh rollouts falls well below its step-0 value within 30 steps,
 because the student (2 layers) is trained toward a random teacher (3 layers) on its own samples.
 Prompts are random token ids (no tokenizer needed), so this exercises every stage except text handling.
 """
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).parent))
-import common  # noqa: E402
+from tipjax.train_config import apply_variant, config_dict
 
 
 def _arch(hidden, layers, intermediate):
@@ -25,10 +21,10 @@ def _arch(hidden, layers, intermediate):
 
 
 def get_config(arg=None):
-    c = common.base_config()
-    c.student = common.model_spec(arch=_arch(64, 2, 128), dtype="float32", remat="none")
+    c = config_dict()
+    c.student.arch = _arch(64, 2, 128)
     c.student.init_seed = 1
-    c.teacher = common.model_spec(arch=_arch(96, 3, 192), dtype="float32", remat="none")
+    c.teacher.arch = _arch(96, 3, 192)
     c.teacher.init_seed = 2
     c.data.max_prompt_len = 16
     c.rollout.samples_per_prompt = 4
@@ -41,4 +37,4 @@ def get_config(arg=None):
     c.total_steps = 30
     c.checkpoint.every = 10
     c.checkpoint.async_save = False
-    return common.apply_variant(c, arg)
+    return apply_variant(c, arg)

@@ -7,7 +7,27 @@ Defaults follow the paper (PAPER.md section 5, Table 9) and, where the paper is 
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from typing import Any
+
+import ml_collections
+
+# variant -> (rule, retention ratio): the rows of the paper's Tables 3-8, the same in every config file.
+VARIANTS = {
+    "all": ("all", 1.0),
+    "entropy50": ("entropy_sample", 0.5),
+    "entropy20": ("entropy_sample", 0.2),
+    "entropy10": ("entropy_sample", 0.1),
+    "soft_or50": ("soft_or", 0.5),
+    "soft_or20": ("soft_or", 0.2),
+    "soft_or_bottom50": ("soft_or_bottom", 0.5),
+    "q3_10": ("q3", 0.1),
+    "q3_20": ("q3", 0.2),
+    "div50": ("div", 0.5),
+    "div10": ("div", 0.1),
+    "random50": ("random", 0.5),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,3 +151,41 @@ def describe(config: Any) -> str:
 
     walk("", config)
     return "\n".join(lines)
+
+
+def _field_value(annotation: Any, default: Any) -> Any:
+    if dataclasses.is_dataclass(default):
+        return config_dict(default)
+    if default is None:
+        # An optional field keeps its type, so `--config.x=...` overrides are still type-checked.
+        options = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return ml_collections.FieldReference(None, field_type=typing.get_origin(options[0]) or options[0])
+    return default
+
+
+def config_dict(spec: Any = None) -> ml_collections.ConfigDict:
+    """The ConfigDict with every key of a dataclass (default: TrainConfig) at its default value."""
+    cls = spec if isinstance(spec, type) else type(spec) if spec is not None else TrainConfig
+    hints = typing.get_type_hints(cls)
+    out = ml_collections.ConfigDict()
+    for f in dataclasses.fields(cls):
+        if spec is not None and not isinstance(spec, type):
+            default = getattr(spec, f.name)
+        elif f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = hints[f.name]()  # a required nested spec: its own defaults
+        out[f.name] = _field_value(hints[f.name], default)
+    return out
+
+
+def apply_variant(config: ml_collections.ConfigDict, variant: str | None) -> ml_collections.ConfigDict:
+    """Sets selection.rule and selection.ratio from a paper variant name; None keeps the file's choice."""
+    if variant is None:
+        return config
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; known: {sorted(VARIANTS)}")
+    config.selection.rule, config.selection.ratio = VARIANTS[variant]
+    return config
