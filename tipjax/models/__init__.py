@@ -1,0 +1,27 @@
+"""Llama / Qwen2 / Qwen3 decoder, Hugging Face load and export, sharding rules, real-size presets."""
+
+from flax import nnx
+
+# tipjax uses NNX modules as plain pytrees (jax.jit / jax.grad over them); set once, here.
+nnx.set_graph_mode(False)
+
+from tipjax.models.cache import KVCache  # noqa: E402
+from tipjax.models.config import ModelConfig, RopeScaling  # noqa: E402
+from tipjax.models.decoder import Decoder, abstract, init, param_count, param_specs  # noqa: E402
+from tipjax.models.hf import load_hf, save_hf  # noqa: E402
+from tipjax.models.sharding import (  # noqa: E402
+    MESH_AXES,
+    SAMPLING_RULES,
+    STORAGE_RULES,
+    batch_sharding,
+    logical_to_spec,
+    make_mesh,
+    model_shardings,
+    shard,
+)
+
+__all__ = [
+    "MESH_AXES", "SAMPLING_RULES", "STORAGE_RULES", "Decoder", "KVCache", "ModelConfig", "RopeScaling",
+    "abstract", "batch_sharding", "init", "load_hf", "logical_to_spec", "make_mesh", "model_shardings", "param_count",
+    "param_specs", "save_hf", "shard",
+]

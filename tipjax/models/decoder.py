@@ -1,0 +1,228 @@
+"""One decoder for Llama 3.x, Qwen2/Qwen2.5 and Qwen3; the families differ only by ModelConfig flags.
+
+Shape alphabet (used in every einsum and docstring of tipjax.models):
+  B batch              T query positions (tokens in this call)   S key positions (cache slots)
+  D model width        N query heads       K key/value heads      G = N // K query heads per kv head
+  H head dim           F MLP width         V vocabulary           L layers
+
+The module only holds arrays (nnx.Param with logical `axes` metadata) and is used as a pytree: jit and grad
+go over it directly. The L blocks are stacked on a leading `layers` axis and run with lax.scan, so compile
+time does not grow with depth.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from tipjax.models import layers as ops
+from tipjax.models import sharding
+from tipjax.models.cache import KVCache
+from tipjax.models.config import ModelConfig
+
+_REMAT_POLICIES = {"full": None, "dots": jax.checkpoint_policies.checkpoint_dots}
+
+
+def param_specs(cfg: ModelConfig) -> dict[str, tuple[tuple[int, ...], tuple[str, ...]]]:
+    """Every parameter of the model: name -> (shape, logical axes). Names under `layers.` are stacked over L."""
+    L, D, N, K, H = cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    F, V = cfg.intermediate_size, cfg.vocab_size
+    specs = {
+        "embed": ((V, D), ("vocab", "embed")),
+        "layers.attn_norm": ((L, D), ("layers", "norm")),
+        "layers.wq": ((L, D, N, H), ("layers", "embed", "q_heads", "head_dim")),
+        "layers.wk": ((L, D, K, H), ("layers", "embed", "kv_heads", "head_dim")),
+        "layers.wv": ((L, D, K, H), ("layers", "embed", "kv_heads", "head_dim")),
+        "layers.wo": ((L, N, H, D), ("layers", "q_heads", "head_dim", "embed")),
+        "layers.mlp_norm": ((L, D), ("layers", "norm")),
+        "layers.w_gate": ((L, D, F), ("layers", "embed", "mlp")),
+        "layers.w_up": ((L, D, F), ("layers", "embed", "mlp")),
+        "layers.w_down": ((L, F, D), ("layers", "mlp", "embed")),
+        "final_norm": ((D,), ("norm",)),
+    }
+    if cfg.qkv_bias:
+        specs["layers.bq"] = ((L, N, H), ("layers", "q_heads", "head_dim"))
+        specs["layers.bk"] = ((L, K, H), ("layers", "kv_heads", "head_dim"))
+        specs["layers.bv"] = ((L, K, H), ("layers", "kv_heads", "head_dim"))
+    if cfg.qk_norm:
+        specs["layers.q_norm"] = ((L, H), ("layers", "norm"))
+        specs["layers.k_norm"] = ((L, H), ("layers", "norm"))
+    if not cfg.tie_word_embeddings:
+        specs["lm_head"] = ((D, V), ("embed", "vocab"))
+    return specs
+
+
+class Blocks(nnx.Module):
+    """The L transformer blocks' parameters, each stacked on a leading `layers` axis (absent ones are None)."""
+
+    def __init__(self, params: dict[str, nnx.Param]):
+        self.attn_norm = params["attn_norm"]
+        self.wq, self.wk, self.wv, self.wo = params["wq"], params["wk"], params["wv"], params["wo"]
+        self.bq, self.bk, self.bv = params.get("bq"), params.get("bk"), params.get("bv")
+        self.q_norm, self.k_norm = params.get("q_norm"), params.get("k_norm")
+        self.mlp_norm = params["mlp_norm"]
+        self.w_gate, self.w_up, self.w_down = params["w_gate"], params["w_up"], params["w_down"]
+
+
+class Decoder(nnx.Module):
+    """Causal decoder. Build with models.init / models.load_hf, or Decoder(config, {name: array}) (see param_specs)."""
+
+    def __init__(self, config: ModelConfig, arrays: dict[str, jax.Array]):
+        specs = param_specs(config)
+        if set(arrays) != set(specs):
+            raise ValueError(f"parameters do not match the config: missing {sorted(set(specs) - set(arrays))}, "
+                             f"unexpected {sorted(set(arrays) - set(specs))}")
+        params = {name: nnx.Param(arrays[name], axes=axes) for name, (_, axes) in specs.items()}
+        self.config = config
+        self.embed = params["embed"]
+        self.blocks = Blocks({n.removeprefix("layers."): p for n, p in params.items() if n.startswith("layers.")})
+        self.final_norm = params["final_norm"]
+        self.lm_head = params.get("lm_head")
+
+    # -- public forward API -------------------------------------------------------------------------------
+
+    def __call__(self, input_ids: jax.Array, *, positions: jax.Array | None = None,
+                 attention_mask: jax.Array | None = None) -> jax.Array:
+        """input_ids [B, T] int -> logits [B, T, V] float32."""
+        return self.logits(self.hidden(input_ids, positions=positions, attention_mask=attention_mask))
+
+    def hidden(self, input_ids: jax.Array, *, positions: jax.Array | None = None,
+               attention_mask: jax.Array | None = None) -> jax.Array:
+        """input_ids [B, T] -> final-normed hidden states [B, T, D] in the compute dtype.
+
+        positions [B, T] (default arange); attention_mask [B, T], 1 = real token, masks padded keys.
+        """
+        b, t = input_ids.shape
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+        mask = jnp.broadcast_to(jnp.tril(jnp.ones((t, t), jnp.bool_)), (b, t, t))
+        if attention_mask is not None:
+            mask = mask & attention_mask.astype(jnp.bool_)[:, None, :]
+
+        def step(x, blk):
+            x, _ = self._block(blk, x, positions, mask)
+            return x, None
+
+        x, _ = jax.lax.scan(self._remat(step), self._embed(input_ids), self.blocks)
+        return self._final_norm(x)
+
+    def hidden_cached(self, tokens: jax.Array, positions: jax.Array, cache: KVCache,
+                      token_mask: jax.Array) -> tuple[jax.Array, KVCache]:
+        """Runs T new tokens [B, T] at positions [B, T] against the cache -> (hidden [B, T, D], new cache).
+
+        Their keys/values go to slots [cache.index, cache.index + T) with cache.mask there = token_mask [B, T];
+        query j (slot index + j) sees slot s iff the new mask has s and s <= index + j. The same call serves
+        prefill (T = prompt length) and decode (T = 1); index may be traced.
+        """
+        t = tokens.shape[1]
+        index = cache.index
+        kv_mask = jax.lax.dynamic_update_slice(cache.mask, token_mask.astype(jnp.bool_), (0, index))
+        slots = jnp.arange(cache.max_len)
+        causal = slots[None, :] <= (index + jnp.arange(t))[:, None]  # [T, S]
+        mask = kv_mask[:, None, :] & causal[None]
+
+        def step(x, xs):
+            blk, k_cache, v_cache = xs
+            return self._block(blk, x, positions, mask, (k_cache, v_cache, index))
+
+        x, (k, v) = jax.lax.scan(self._remat(step), self._embed(tokens), (self.blocks, cache.k, cache.v))
+        return self._final_norm(x), KVCache(k=k, v=v, mask=kv_mask, index=index + t)
+
+    def init_cache(self, batch: int, max_len: int, dtype=None) -> KVCache:
+        """An empty cache for `batch` rows and `max_len` slots (dtype defaults to the compute dtype)."""
+        cfg = self.config
+        return KVCache.zeros(cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim,
+                             dtype or cfg.compute_dtype)
+
+    def head(self) -> jax.Array:
+        """The lm_head weight [D, V] in the param dtype (the embedding transposed when tied)."""
+        return self.embed[...].T if self.lm_head is None else self.lm_head[...]
+
+    def logits(self, h: jax.Array) -> jax.Array:
+        """h [..., D] -> logits [..., V] float32 (fp32 accumulation whatever the compute dtype)."""
+        return jnp.einsum("...D,DV->...V", h, self.head().astype(h.dtype), preferred_element_type=jnp.float32)
+
+    # -- internals ------------------------------------------------------------------------------------------
+
+    def _embed(self, ids: jax.Array) -> jax.Array:
+        return jnp.take(self.embed[...], ids, axis=0).astype(self.config.compute_dtype)
+
+    def _final_norm(self, x: jax.Array) -> jax.Array:
+        return ops.rms_norm(x, self.final_norm[...], self.config.rms_norm_eps)
+
+    def _remat(self, step):
+        if self.config.remat == "none":
+            return step
+        return jax.checkpoint(step, policy=_REMAT_POLICIES[self.config.remat], prevent_cse=False)
+
+    def _block(self, blk: Blocks, x: jax.Array, positions: jax.Array, mask: jax.Array, cache=None):
+        """One transformer block on x [B, T, D] with mask [B, T, S]. cache = (k [B, S, K, H], v, index) or None.
+
+        Returns (x, (k, v)): the updated cache slices when cache is given, else the T new keys/values.
+        """
+        cfg = self.config
+
+        def w(p):
+            return p[...].astype(cfg.compute_dtype)
+
+        h = ops.rms_norm(x, w(blk.attn_norm), cfg.rms_norm_eps)
+        q = jnp.einsum("BTD,DNH->BTNH", h, w(blk.wq))
+        k = jnp.einsum("BTD,DKH->BTKH", h, w(blk.wk))
+        v = jnp.einsum("BTD,DKH->BTKH", h, w(blk.wv))
+        if cfg.qkv_bias:
+            q, k, v = q + w(blk.bq), k + w(blk.bk), v + w(blk.bv)
+        if cfg.qk_norm:
+            q = ops.rms_norm(q, w(blk.q_norm), cfg.rms_norm_eps)
+            k = ops.rms_norm(k, w(blk.k_norm), cfg.rms_norm_eps)
+        inv_freq = ops.rope_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
+        q = ops.rope(q, positions, inv_freq)
+        k = ops.rope(k, positions, inv_freq)
+        if cache is not None:
+            k_cache, v_cache, index = cache
+            k = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, index, 0, 0))
+            v = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, index, 0, 0))
+        attn = ops.attention(q, k.astype(q.dtype), v.astype(q.dtype), mask)
+        x = x + jnp.einsum("BTNH,NHD->BTD", attn, w(blk.wo))
+        h = ops.rms_norm(x, w(blk.mlp_norm), cfg.rms_norm_eps)
+        x = x + ops.swiglu(h, w(blk.w_gate), w(blk.w_up), w(blk.w_down))
+        return x, (k, v)
+
+
+def _random_arrays(cfg: ModelConfig, rng: jax.Array) -> dict[str, jax.Array]:
+    """HF-style init: matrices ~ normal(0, initializer_range), norm weights 1, biases 0."""
+    arrays = {}
+    for i, (name, (shape, axes)) in enumerate(sorted(param_specs(cfg).items())):
+        if axes[-1] == "norm":
+            arrays[name] = jnp.ones(shape, cfg.param_dtype)
+        elif name.startswith("layers.b"):
+            arrays[name] = jnp.zeros(shape, cfg.param_dtype)
+        else:
+            noise = jax.random.normal(jax.random.fold_in(rng, i), shape, jnp.float32)
+            arrays[name] = (noise * cfg.initializer_range).astype(cfg.param_dtype)
+    return arrays
+
+
+def abstract(cfg: ModelConfig) -> Decoder:
+    """The Decoder with jax.ShapeDtypeStruct leaves: parameter shapes/dtypes/axes without memory."""
+    def build(key):
+        return Decoder(cfg, _random_arrays(cfg, key))
+
+    return jax.eval_shape(build, jax.random.key(0))
+
+
+def init(cfg: ModelConfig, rng: jax.Array, *, mesh=None, rules=None) -> Decoder:
+    """A randomly initialised Decoder; with a mesh each parameter is created directly in its sharding."""
+    out = None if mesh is None else sharding.model_shardings(abstract(cfg), mesh, rules or sharding.STORAGE_RULES)
+
+    def build(key):
+        return Decoder(cfg, _random_arrays(cfg, key))
+
+    return jax.jit(build, out_shardings=out)(rng)
+
+
+def param_count(model: Decoder) -> int:
+    """Number of parameters of a Decoder or of models.abstract(cfg)."""
+    return sum(math.prod(x.shape) for x in jax.tree.leaves(model))
