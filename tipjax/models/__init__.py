@@ -9,6 +9,7 @@ from tipjax.models.cache import KVCache  # noqa: E402
 from tipjax.models.config import ModelConfig, RopeScaling  # noqa: E402
 from tipjax.models.decoder import Decoder, abstract, init, param_count, param_specs  # noqa: E402
 from tipjax.models.hf import load_hf, save_hf  # noqa: E402
+from tipjax.models.presets import PRESETS  # noqa: E402
 from tipjax.models.sharding import (  # noqa: E402
     MESH_AXES,
     SAMPLING_RULES,
@@ -21,7 +22,7 @@ from tipjax.models.sharding import (  # noqa: E402
 )
 
 __all__ = [
-    "MESH_AXES", "SAMPLING_RULES", "STORAGE_RULES", "Decoder", "KVCache", "ModelConfig", "RopeScaling",
+    "MESH_AXES", "PRESETS", "SAMPLING_RULES", "STORAGE_RULES", "Decoder", "KVCache", "ModelConfig", "RopeScaling",
     "abstract", "batch_sharding", "init", "load_hf", "logical_to_spec", "make_mesh", "model_shardings", "param_count",
     "param_specs", "save_hf", "shard",
 ]
