@@ -105,7 +105,8 @@ def scores(rule, stats, mask, rng, options):
     )
     if rule == "entropy_topk":
         return h_hat, None
-    soft_or = h_hat + d_hat - h_hat * d_hat
+    # Eq. 7 as 1 - (1 - h)(1 - d): a saturated axis gives exactly 1, so those ties are real ties.
+    soft_or = 1.0 - (1.0 - h_hat) * (1.0 - d_hat)
     if rule == "soft_or":
         return soft_or, None
     if rule == "soft_or_bottom":
