@@ -58,7 +58,7 @@ def build_optimizer(spec: OptimSpec, total_steps: int) -> optax.GradientTransfor
                     weight_decay=spec.weight_decay))
 
 
-def init_state(params, optimizer: optax.GradientTransformation, rng: jax.Array) -> TrainState:
+def init_state(params, rng: jax.Array, *, optimizer: optax.GradientTransformation) -> TrainState:
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params), rng=rng,
                       skipped=jnp.zeros((), jnp.int32))
 

@@ -1,0 +1,59 @@
+"""Teacher/student compatibility, checked at start-up before anything compiles.
+
+OPD compares the two models' next-token distributions position by position, so they must share one
+tokenizer: the same token -> id map and the same chat-template rendering. Padded embedding tables of one
+family (e.g. Qwen 151936 vs 152064) are fine: both heads are sliced to the shared real vocabulary.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+_PROBE = [{"role": "system", "content": "You are helpful."}, {"role": "user", "content": "What is 1+1?"},
+          {"role": "assistant", "content": "\\boxed{2}"}, {"role": "user", "content": "And 2+2?"}]
+
+
+class IncompatibleModels(ValueError):
+    """Teacher and student cannot be distilled into one another as configured."""
+
+
+def load_tokenizer(path: str | None):
+    """The HF tokenizer of a local folder, or None when the folder has none (random models)."""
+    if path is None or not any(Path(path).glob("tokenizer*")):
+        return None
+    import transformers  # only at start-up: transformers objects never enter jitted code
+
+    return transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+
+
+def _render(tokenizer) -> str | None:
+    if getattr(tokenizer, "chat_template", None) is None:
+        return None
+    return tokenizer.apply_chat_template(_PROBE, tokenize=False, add_generation_prompt=True)
+
+
+def check_tokenizers(student_tok, teacher_tok) -> None:
+    if student_tok is None or teacher_tok is None:
+        return
+    if student_tok.get_vocab() != teacher_tok.get_vocab():
+        s, t = student_tok.get_vocab(), teacher_tok.get_vocab()
+        diff = sorted(set(s.items()) ^ set(t.items()))[:3]
+        raise IncompatibleModels(f"teacher and student tokenizers differ ({len(s)} vs {len(t)} tokens; e.g. {diff}); "
+                                 f"OPD needs one shared tokenizer")
+    if _render(student_tok) != _render(teacher_tok):
+        raise IncompatibleModels("teacher and student chat templates render the same conversation differently:\n"
+                                 f"student: {_render(student_tok)!r}\nteacher: {_render(teacher_tok)!r}")
+
+
+def shared_vocab(student_vocab: int, teacher_vocab: int, tokenizer) -> int:
+    """The vocabulary both heads are sliced to: equal tables as they are, padded tables to the real vocabulary."""
+    if student_vocab == teacher_vocab:
+        return student_vocab
+    if tokenizer is None:
+        raise IncompatibleModels(f"student vocab {student_vocab} != teacher vocab {teacher_vocab} and no tokenizer "
+                                 f"tells the real vocabulary; set data.tokenizer")
+    real = len(tokenizer)
+    if real > min(student_vocab, teacher_vocab):
+        raise IncompatibleModels(f"tokenizer has {real} tokens but the embedding tables have {student_vocab} "
+                                 f"(student) and {teacher_vocab} (teacher) rows: different real vocabularies")
+    return real
