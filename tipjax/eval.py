@@ -279,11 +279,11 @@ def run(cfg: EvalConfig, *, progress: bool = True) -> dict[str, Any]:
 def format_table(report: dict[str, Any]) -> str:
     """The end-of-run summary: one row per dataset, then per-subject / per-level rows where present."""
     n = report["settings"]["n"]
-    head = f"{'dataset':<28}{'problems':>9}{f'mean@{n}':>16}{f'pass@{n}':>16}{'mean len':>10}{'trunc':>8}"
+    head = f"{'dataset':<34}{'problems':>9}{f'mean@{n}':>16}{f'pass@{n}':>16}{'mean len':>10}{'trunc':>8}"
     lines = [head, "-" * len(head)]
 
     def row(name: str, d: dict[str, Any], extra: bool) -> str:
-        text = (f"{name:<28}{d['n_problems']:>9}{100 * d['mean_at_n']:>9.1f} ± {100 * d['mean_at_n_se']:<4.1f}"
+        text = (f"{name:<34}{d['n_problems']:>9}{100 * d['mean_at_n']:>9.1f} ± {100 * d['mean_at_n_se']:<4.1f}"
                 f"{100 * d['pass_at_n']:>9.1f} ± {100 * d['pass_at_n_se']:<4.1f}")
         if extra:
             text += f"{d['mean_response_length']:>10.0f}{100 * d['truncation_rate']:>7.1f}%"
@@ -293,7 +293,7 @@ def format_table(report: dict[str, Any]) -> str:
         lines.append(row(name, d, True))
         for field in BREAKDOWN_FIELDS:
             for value, sub in d.get(f"by_{field}", {}).items():
-                lines.append(row(f"  {field} {value}"[:28], sub, False))
+                lines.append(row(f"  {field} {value}"[:34], sub, False))
     t = report["timing"]
     lines.append(f"time: load {t['load_s']:.1f}s, sampling {t['sampling_s']:.1f}s, grading {t['grading_s']:.1f}s, "
                  f"total {t['total_s']:.1f}s (accuracy in %, ± one standard error over problems)")
