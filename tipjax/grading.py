@@ -81,4 +81,5 @@ def grade(response: str, gold: str) -> bool:
         gold_parsed, predicted_parsed, timeout_seconds=_timeout()
     ):
         return True
-    return _normalise(predicted) == _normalise(gold)
+    normalised = _normalise(gold)
+    return bool(normalised) and _normalise(predicted) == normalised
