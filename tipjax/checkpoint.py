@@ -49,15 +49,29 @@ class Checkpointer:
         return restored[STATE], restored[PROMPTS]
 
     def restore_params(self, step: int | None, abstract_params: Any) -> Any:
-        """Only the student's parameters (for export and evaluation), without the optimizer state."""
+        """Only the student's parameters (for export and evaluation), without reading the optimizer state."""
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.manager.directory}")
-        target = {"params": abstract_params}
-        restored = self.manager.restore(step, args=ocp.args.Composite(
-            **{STATE: ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(
-                target), partial_restore=True)}))
-        return restored[STATE]["params"]
+        # orbax stores the pytree as nested dicts keyed by attribute names; ask for that subtree only.
+        flat, treedef = jax.tree_util.tree_flatten_with_path(abstract_params)
+        target: dict = {}
+        for path, leaf in flat:
+            node = target
+            names = [_key_name(k) for k in path]
+            for name in names[:-1]:
+                node = node.setdefault(name, {})
+            node[names[-1]] = leaf
+        restored = self.manager.restore(step, args=ocp.args.Composite(**{STATE: ocp.args.PyTreeRestore(
+            item={"params": target}, restore_args=ocp.checkpoint_utils.construct_restore_args({"params": target}),
+            partial_restore=True)}))[STATE]["params"]
+        leaves = []
+        for path, _ in flat:
+            node = restored
+            for k in path:
+                node = node[_key_name(k)]
+            leaves.append(node)
+        return jax.tree_util.tree_unflatten(treedef, leaves)
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
@@ -70,3 +84,10 @@ class Checkpointer:
 def abstract_like(tree: Any) -> Any:
     """ShapeDtypeStructs with the shardings of a concrete (or abstract) tree, the restore target."""
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree)
+
+
+def _key_name(key) -> str:
+    for attr in ("name", "key", "idx"):
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    raise TypeError(f"unexpected pytree key {key!r}")

@@ -82,7 +82,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str])
             if part not in node:
                 raise ConfigError(f"unknown config key {'.'.join(parents[:depth + 1])!r} (in override {item!r})")
             node = node[part]
-        if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+        if not isinstance(node, (ml_collections.ConfigDict, dict)) or leaf not in node:
             raise ConfigError(f"unknown config key {key!r}; known here: {sorted(node.keys()) if hasattr(node, 'keys') else []}")
         current = node[leaf]
         value = _parse_value(text, current)
@@ -90,6 +90,10 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str])
             value = tuple(value)
         if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
+        # Plain dicts inside a config (an HF-style `arch`) are not type-checked by ml_collections: do it here.
+        if isinstance(node, dict) and current is not None and type(value) is not type(current):
+            raise ConfigError(f"config key {key!r}: cannot set {value!r} ({type(value).__name__}) over "
+                              f"{current!r} ({type(current).__name__})")
         try:
             node[leaf] = value
         except TypeError as err:

@@ -86,8 +86,8 @@ def make_mesh(spec, n_devices: int):
     from tipjax import models
 
     data = spec.data if spec.data > 0 else n_devices // (spec.fsdp * spec.tensor)
-    if data * spec.fsdp * spec.tensor != n_devices:
-        raise ValueError(f"mesh data={data} x fsdp={spec.fsdp} x tensor={spec.tensor} does not use the "
+    if not 0 < data * spec.fsdp * spec.tensor <= n_devices:
+        raise ValueError(f"mesh data={data} x fsdp={spec.fsdp} x tensor={spec.tensor} needs more than the "
                          f"{n_devices} devices")
     return models.make_mesh(data=data, fsdp=spec.fsdp, tensor=spec.tensor)
 
