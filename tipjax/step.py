@@ -79,7 +79,7 @@ def _split(x: jax.Array, parts: int) -> jax.Array:
 
 
 def _tree_norm(tree) -> jax.Array:
-    return optax.global_norm(jax.tree.map(lambda x: x.astype(jnp.float32), tree))
+    return optax.tree.norm(jax.tree.map(lambda x: x.astype(jnp.float32), tree))
 
 
 def build_step(settings: StepSettings, optimizer: optax.GradientTransformation,

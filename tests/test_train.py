@@ -1,0 +1,159 @@
+"""The OPD trainer on the tiny config: learning, one compiled program, mesh equivalence, bad input."""
+
+import dataclasses
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from tipjax import config as tcfg, export, train, train_config
+from tipjax.metrics_log import read_metrics
+
+TINY = "configs/tiny.py"
+
+
+def tiny(variant=None, *overrides):
+    return tcfg.to_dataclass(tcfg.load_config(TINY + (f":{variant}" if variant else ""), list(overrides)),
+                             train_config.TrainConfig)
+
+
+def one_device(cfg, **changes):
+    return dataclasses.replace(cfg, mesh=train_config.MeshSpec(data=1, fsdp=1, tensor=1), **changes)
+
+
+@pytest.mark.parametrize("variant", ["all", "soft_or50", "entropy50", "q3_20"])
+def test_loss_falls_on_fresh_rollouts(tmp_path, variant):
+    cfg = one_device(tiny(variant, "--config.total_steps=14", "--config.checkpoint.every=7"))
+    train.train(cfg, tmp_path)
+    rows = read_metrics(tmp_path)
+    assert [r["step"] for r in rows] == list(range(1, 15))
+    first, last = rows[0]["rkl_all"], np.mean([r["rkl_all"] for r in rows[-3:]])
+    assert last < 0.75 * first, (variant, first, last)
+    expected_kept = train_config.VARIANTS[variant][1]
+    assert abs(rows[-1]["kept_fraction"] - expected_kept) < 0.1
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["14", "7"]
+    assert list((tmp_path / "tensorboard").iterdir())
+
+
+def test_step_is_one_program_compiled_once_without_callbacks():
+    cfg = one_device(tiny("soft_or50"))
+    s = train.setup(cfg)
+    state = s.init_fn(s.student, jax.random.PRNGKey(0))
+    from tipjax.prompt_source import SyntheticPrompts
+
+    source = SyntheticPrompts(cfg.data, cfg.prompts_per_step, 256)
+    batch = next(source)
+    hlo = s.step_fn.lower(state, s.teacher, batch["prompt_ids"], batch["prompt_mask"]).as_text()
+    assert "callback" not in hlo.lower() and "while" in hlo
+    for _ in range(3):
+        batch = next(source)
+        state, _ = s.step_fn(state, s.teacher, batch["prompt_ids"], batch["prompt_mask"])
+    assert s.step_fn._cache_size() == 1
+    assert int(state.step) == 3
+
+
+def _one_step(cfg):
+    s = train.setup(cfg)
+    state = s.init_fn(s.student, jax.random.PRNGKey(0))
+    from tipjax.prompt_source import SyntheticPrompts
+
+    batch = next(SyntheticPrompts(cfg.data, cfg.prompts_per_step, 256))
+    ids, mask = (jax.device_put(batch[k], s.batch_sharding) for k in ("prompt_ids", "prompt_mask"))
+    state, metrics = s.step_fn(state, s.teacher, ids, mask)
+    return state, metrics
+
+
+def test_fake_mesh_step_equals_single_device():
+    # Greedy rollouts, so tiny float differences between shardings cannot flip a sampled token.
+    base = tiny("soft_or50", "--config.rollout.temperature=0.0", "--config.prompts_per_step=4")
+    single, m1 = _one_step(one_device(base))
+    sharded, m8 = _one_step(dataclasses.replace(base, mesh=train_config.MeshSpec(data=2, fsdp=2, tensor=2)))
+    spec = tuple(sharded.params.blocks.wq.sharding.spec)
+    assert spec + (None,) * (4 - len(spec)) == (None, "fsdp", "tensor", None)  # layers, embed, q_heads, head_dim
+    np.testing.assert_allclose(float(m8["loss"]), float(m1["loss"]), rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(single.params), jax.tree.leaves(sharded.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+
+
+def test_micro_batches_match_one_batch_for_all_tokens():
+    """Gradient accumulation over micro-batches gives the same update as one batch (token-mean loss)."""
+    base = tiny("all", "--config.rollout.temperature=0.0")
+    one, m1 = _one_step(one_device(base))
+    four, m4 = _one_step(one_device(base, micro_batches=4))
+    np.testing.assert_allclose(float(m4["loss"]), float(m1["loss"]), rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(four.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+
+
+def test_non_finite_loss_skips_the_update():
+    cfg = one_device(tiny("all"))
+    s = train.setup(cfg)
+    state = s.init_fn(s.student, jax.random.PRNGKey(0))
+    before = [np.asarray(x).copy() for x in jax.tree.leaves(state.params)]
+    poisoned = jax.tree.map(lambda x: jnp.full_like(x, jnp.nan), s.teacher)
+    from tipjax.prompt_source import SyntheticPrompts
+
+    batch = next(SyntheticPrompts(cfg.data, cfg.prompts_per_step, 256))
+    state, metrics = s.step_fn(state, poisoned, batch["prompt_ids"], batch["prompt_mask"])
+    assert int(metrics["skipped_update"]) == 1 and int(state.skipped) == 1 and int(state.step) == 1
+    for a, b in zip(before, jax.tree.leaves(state.params)):
+        np.testing.assert_array_equal(a, np.asarray(b))
+
+
+def test_export_round_trip_through_transformers(tmp_path):
+    cfg = one_device(tiny("soft_or50", "--config.total_steps=4", "--config.checkpoint.every=2"))
+    train.train(cfg, tmp_path / "run")
+    student = export.load_student(tmp_path / "run")
+    export.main(["--workdir", str(tmp_path / "run"), "--out", str(tmp_path / "hf")])
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    ids = np.random.default_rng(0).integers(0, 256, (2, 12))
+    with torch.no_grad():
+        ref = hf(torch.tensor(ids)).logits.numpy()
+    ours = np.asarray(student(jnp.asarray(ids, jnp.int32)))
+    assert np.abs(ours - ref).max() / np.abs(ref).max() < 1e-5
+    # The exported weights are the step-4 weights, not the initial ones.
+    early = export.load_student(tmp_path / "run", step=2)
+    assert not np.array_equal(np.asarray(early.embed[...]), np.asarray(student.embed[...]))
+
+
+def test_bad_input_fails_early_with_names(tmp_path):
+    with pytest.raises(ValueError, match="ratio"):
+        train.validate(tiny(None, "--config.selection.ratio=0.0"))
+    with pytest.raises(ValueError, match="rule"):
+        train.validate(tiny(None, "--config.selection.rule=top_entropy"))
+    with pytest.raises(tcfg.ConfigError, match="optim.lr"):
+        tiny(None, "--config.optim.lr=1e-3")
+    cfg = tiny()
+    missing = dataclasses.replace(cfg, teacher=train_config.ModelSpec(path=str(tmp_path / "nope")))
+    with pytest.raises(FileNotFoundError, match="teacher.path"):
+        train.validate(missing)
+    bigger_vocab = dict(cfg.teacher.arch, vocab_size=300)
+    with pytest.raises(ValueError, match="vocab"):
+        train.setup(one_device(dataclasses.replace(cfg, teacher=dataclasses.replace(cfg.teacher, arch=bigger_vocab))))
+
+
+def _tokenizer_folder(path, template):
+    from tokenizers import Tokenizer, models as tok_models, pre_tokenizers
+
+    vocab = {w: i for i, w in enumerate(["<unk>", "<eos>", "hello", "world", "what", "is"])}
+    tok = Tokenizer(tok_models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<eos>")
+    fast.chat_template = template
+    fast.save_pretrained(path)
+    return str(path)
+
+
+def test_chat_template_mismatch_is_an_error_before_compiling(tmp_path):
+    from tipjax import compat
+
+    a = compat.load_tokenizer(_tokenizer_folder(tmp_path / "a", "{% for m in messages %}{{ m['content'] }}{% endfor %}"))
+    b = compat.load_tokenizer(_tokenizer_folder(tmp_path / "b", "{% for m in messages %}[{{ m['content'] }}]{% endfor %}"))
+    compat.check_tokenizers(a, a)
+    with pytest.raises(compat.IncompatibleModels, match="chat templates"):
+        compat.check_tokenizers(a, b)
+    assert compat.shared_vocab(151936, 152064, a) == len(a)
