@@ -125,11 +125,16 @@ class Decoder(nnx.Module):
         causal = slots[None, :] <= (index + jnp.arange(t))[:, None]  # [T, S]
         mask = kv_mask[:, None, :] & causal[None]
 
-        def step(x, xs):
-            blk, k_cache, v_cache = xs
-            return self._block(blk, x, positions, mask, (k_cache, v_cache, index))
+        # The whole cache rides in the scan carry and is updated in place per layer (no per-step copy of
+        # all L layers' keys/values when the cache is donated).
+        def step(carry, xs):
+            x, k, v = carry
+            blk, layer = xs
+            x, (k, v) = self._block(blk, x, positions, mask, (k, v, layer, index))
+            return (x, k, v), None
 
-        x, (k, v) = jax.lax.scan(self._remat(step), self._embed(tokens), (self.blocks, cache.k, cache.v))
+        layers = jnp.arange(self.config.num_layers)
+        (x, k, v), _ = jax.lax.scan(self._remat(step), (self._embed(tokens), cache.k, cache.v), (self.blocks, layers))
         return self._final_norm(x), KVCache(k=k, v=v, mask=kv_mask, index=index + t)
 
     def init_cache(self, batch: int, max_len: int, dtype=None) -> KVCache:
@@ -160,9 +165,10 @@ class Decoder(nnx.Module):
         return jax.checkpoint(step, policy=_REMAT_POLICIES[self.config.remat], prevent_cse=False)
 
     def _block(self, blk: Blocks, x: jax.Array, positions: jax.Array, mask: jax.Array, cache=None):
-        """One transformer block on x [B, T, D] with mask [B, T, S]. cache = (k [B, S, K, H], v, index) or None.
+        """One transformer block on x [B, T, D] with mask [B, T, S].
 
-        Returns (x, (k, v)): the updated cache slices when cache is given, else the T new keys/values.
+        cache = (k [L, B, S, K, H], v, layer, index) or None. Returns (x, (k, v)): the whole cache with this
+        layer's T new keys/values written at slots [index, index + T) when cache is given, else the new k, v.
         """
         cfg = self.config
 
@@ -181,11 +187,14 @@ class Decoder(nnx.Module):
         inv_freq = ops.rope_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
         q = ops.rope(q, positions, inv_freq)
         k = ops.rope(k, positions, inv_freq)
-        if cache is not None:
-            k_cache, v_cache, index = cache
-            k = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, index, 0, 0))
-            v = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, index, 0, 0))
-        attn = ops.attention(q, k.astype(q.dtype), v.astype(q.dtype), mask)
+        if cache is None:
+            keys, values = k, v
+        else:
+            k_all, v_all, layer, index = cache
+            k = jax.lax.dynamic_update_slice(k_all, k[None].astype(k_all.dtype), (layer, 0, index, 0, 0))
+            v = jax.lax.dynamic_update_slice(v_all, v[None].astype(v_all.dtype), (layer, 0, index, 0, 0))
+            keys, values = k[layer], v[layer]
+        attn = ops.attention(q, keys.astype(q.dtype), values.astype(q.dtype), mask)
         x = x + jnp.einsum("BTNH,NHD->BTD", attn, w(blk.wo))
         h = ops.rms_norm(x, w(blk.mlp_norm), cfg.rms_norm_eps)
         x = x + ops.swiglu(h, w(blk.w_gate), w(blk.w_up), w(blk.w_down))
