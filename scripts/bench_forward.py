@@ -99,8 +99,7 @@ def main(argv=None) -> dict:
         torch_times += timed(run_torch, 1)
     jax_s, torch_s = statistics.median(jax_times), statistics.median(torch_times)
     result = {
-        "command": "python scripts/bench_forward.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])
-                                                        ).rstrip(),
+        "command": " ".join(["python scripts/bench_forward.py", *(sys.argv[1:] if argv is None else argv)]),
         "shape": {k: getattr(args, k) for k in ("hidden", "mlp", "layers", "heads", "kv_heads", "vocab", "batch",
                                                 "seq")},
         "dtype": "float32",
