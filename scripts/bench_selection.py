@@ -67,10 +67,80 @@ def memory_part(chunk_size):
     return rows
 
 
+def wall_time(fn, args, repeats):
+    """Median seconds of fn(*args) after one warm-up call (which also compiles)."""
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def torch_step(hs, ws, ht, wt, mask):
+    """Straightforward PyTorch: full logits, log_softmax, masked reverse KL, backward to hidden and head."""
+    import torch
+
+    hs = torch.from_numpy(hs).requires_grad_(True)
+    ws = torch.from_numpy(ws).requires_grad_(True)
+    ht, wt, mask = torch.from_numpy(ht), torch.from_numpy(wt), torch.from_numpy(mask)
+
+    def step():
+        log_ps = torch.log_softmax(hs @ ws, dim=-1)
+        with torch.no_grad():
+            log_pt = torch.log_softmax(ht @ wt, dim=-1)
+        per_token = (log_ps.exp() * (log_ps - log_pt)).sum(-1)
+        loss = (per_token * mask).sum() / mask.sum()
+        return torch.autograd.grad(loss, (hs, ws))
+
+    return step
+
+
+def time_part(chunk_size, repeats):
+    import torch
+
+    torch.set_num_threads(2)
+    b, t, ds, dt, v, prompt = 1, 2048, 512, 768, 32000, 256
+    rng = np.random.default_rng(0)
+    arrays = (
+        rng.standard_normal((b, t, ds), np.float32),
+        rng.standard_normal((ds, v), np.float32) / np.float32(np.sqrt(ds)),
+        rng.standard_normal((b, t, dt), np.float32),
+        rng.standard_normal((dt, v), np.float32) / np.float32(np.sqrt(dt)),
+    )
+    mask = np.ones((b, t), np.float32)
+    mask[:, :prompt] = 0
+    jax_args = tuple(jnp.asarray(x) for x in arrays) + (jnp.asarray(mask), jax.random.PRNGKey(0))
+
+    step = torch_step(*arrays, mask)
+    step()
+    torch_times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        torch_times.append(time.perf_counter() - start)
+    torch_s = statistics.median(torch_times)
+
+    def jax_seconds(loss):
+        return wall_time(jax.jit(jax.value_and_grad(loss, argnums=(0, 1))), jax_args, repeats)
+
+    rows = [{"rule": "torch naive", "ratio": 1.0, "seconds": torch_s}]
+    rows.append({"rule": "jax naive", "ratio": 1.0, "seconds": jax_seconds(naive_loss)})
+    for rule, ratio in CASES:
+        rows.append({"rule": rule, "ratio": ratio, "seconds": jax_seconds(tip_loss(rule, ratio, chunk_size))})
+    all_s = rows[2]["seconds"]
+    for row in rows:
+        row["vs_all"] = row["seconds"] / all_s
+        row["vs_torch"] = row["seconds"] / torch_s
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--part", choices=("memory", "time", "both"), default="both")
     parser.add_argument("--chunk-size", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     result = {}
     if args.part in ("memory", "both"):
@@ -78,7 +148,16 @@ def main():
         print("| rule | ratio | loss+grad temp (GiB) | vs naive |\n|---|---|---|---|")
         for row in result["memory"]:
             print(f"| {row['rule']} | {row['ratio']} | {row['temp_gib']:.2f} | {row['vs_naive']:.1%} |")
-    print(json.dumps(result, indent=1))
+    if args.part in ("time", "both"):
+        result["time"] = time_part(args.chunk_size, args.repeats)
+        print("\n| rule | ratio | loss+grad seconds | vs all-token | vs torch |\n|---|---|---|---|---|")
+        for row in result["time"]:
+            print(
+                f"| {row['rule']} | {row['ratio']} | {row['seconds']:.3f} | {row['vs_all']:.2f} | {row['vs_torch']:.2f} |"
+            )
+    result["config"] = {"chunk_size": args.chunk_size, "repeats": args.repeats, "jax": jax.__version__}
+    OUT.parent.mkdir(exist_ok=True)
+    OUT.write_text(json.dumps(result, indent=1) + "\n")
 
 
 if __name__ == "__main__":

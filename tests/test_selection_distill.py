@@ -12,7 +12,8 @@ from tipjax.selection import SelectionOptions
 B, T, DS, DT, V = 3, 14, 8, 12, 40
 # Jitted: op-by-op dispatch of the chunked loss is many times slower than one compile.
 distill = jax.jit(
-    selection.distill_loss, static_argnames=("rule", "ratio", "divergence", "chunk_size", "options", "beta", "capacity")
+    selection.distill_loss,
+    static_argnames=("rule", "ratio", "divergence", "chunk_size", "options", "beta", "capacity", "backward"),
 )
 
 
@@ -51,18 +52,20 @@ def kept_positions(hs, ws, ht, wt, mask, rule, ratio, rng):
     return keep
 
 
+@pytest.mark.parametrize("backward", ["fused", "remat"])
 @pytest.mark.parametrize(
     "rule,ratio,divergence,chunk",
     [("soft_or", 0.5, "rkl", 5), ("entropy_sample", 0.5, "rkl", 512), ("all", 1.0, "rkl", 4),
      ("q3", 0.3, "fkl", 3), ("div", 0.5, "jsd", 7), ("soft_or", 1.0, "jsd", 6)],
 )
-def test_value_and_gradient_equal_dense_masked_loss(rule, ratio, divergence, chunk):
+def test_value_and_gradient_equal_dense_masked_loss(rule, ratio, divergence, chunk, backward):
     hs, ws, ht, wt, mask = inputs()
     rng = jax.random.PRNGKey(3)
 
     def tip(hs, ws, ht, wt):
         return selection.distill_loss(
-            hs, ws, ht, wt, mask, rule=rule, ratio=ratio, rng=rng, divergence=divergence, chunk_size=chunk, beta=0.3
+            hs, ws, ht, wt, mask, rule=rule, ratio=ratio, rng=rng, divergence=divergence, chunk_size=chunk, beta=0.3,
+            backward=backward,
         )[0]
 
     keep = kept_positions(hs, ws, ht, wt, mask, rule, ratio, rng)
@@ -121,13 +124,18 @@ def test_quadrants_with_fixed_thresholds():
     assert np.all(labels[~resp] == 0) and np.all(np.isin(labels[resp], [1, 2, 3, 4]))
 
 
-@pytest.mark.parametrize("rule,ratio", [("all", 1.0), ("soft_or", 0.5), ("entropy_sample", 0.2), ("q3", 0.1)])
-def test_empty_mask_gives_zero_loss_and_finite_gradients(rule, ratio):
+@pytest.mark.parametrize(
+    "rule,ratio,backward",
+    [("all", 1.0, "fused"), ("soft_or", 0.5, "fused"), ("entropy_sample", 0.2, "remat"), ("q3", 0.1, "remat")],
+)
+def test_empty_mask_gives_zero_loss_and_finite_gradients(rule, ratio, backward):
     hs, ws, ht, wt, mask = inputs(3)
     empty = jnp.zeros_like(mask)
 
     def tip(hs, ws):
-        return selection.distill_loss(hs, ws, ht, wt, empty, rule=rule, ratio=ratio, rng=jax.random.PRNGKey(0))
+        return selection.distill_loss(
+            hs, ws, ht, wt, empty, rule=rule, ratio=ratio, rng=jax.random.PRNGKey(0), backward=backward
+        )
 
     (value, metrics), grads = jax.jit(jax.value_and_grad(tip, argnums=(0, 1), has_aux=True))(hs, ws)
     assert float(value) == 0.0 and float(metrics["empty"]) == 1.0 and float(metrics["n_kept"]) == 0
@@ -170,9 +178,11 @@ def test_sharded_vocabulary_and_batch_give_the_same_loss_and_gradients():
     def sharding(*spec):
         return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec))
 
-    for rule, ratio in (("all", 1.0), ("soft_or", 0.5), ("entropy_sample", 0.25)):
+    for rule, ratio, backward in (("all", 1.0, "fused"), ("soft_or", 0.5, "remat"), ("entropy_sample", 0.25, "fused")):
         def loss(hs, ws, ht, wt, mask):
-            return selection.distill_loss(hs, ws, ht, wt, mask, rule=rule, ratio=ratio, rng=jax.random.PRNGKey(1), chunk_size=8)
+            return selection.distill_loss(
+                hs, ws, ht, wt, mask, rule=rule, ratio=ratio, rng=jax.random.PRNGKey(1), chunk_size=8, backward=backward
+            )
 
         fn = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
         (want, want_metrics), want_grads = fn(hs, ws, ht, wt, jnp.asarray(mask))
@@ -192,12 +202,15 @@ def test_sharded_vocabulary_and_batch_give_the_same_loss_and_gradients():
             np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-4, atol=1e-6)
 
 
-def test_bf16_inputs_give_bf16_gradients_close_to_fp32():
+@pytest.mark.parametrize("backward", ["fused", "remat"])
+def test_bf16_inputs_give_bf16_gradients_close_to_fp32(backward):
     hs, ws, ht, wt, mask = inputs(7)
     low = [x.astype(jnp.bfloat16) for x in (hs, ws, ht, wt)]
 
     def tip(hs, ws, ht, wt):
-        return selection.distill_loss(hs, ws, ht, wt, mask, rule="soft_or", ratio=0.5, rng=jax.random.PRNGKey(0), chunk_size=4)[0]
+        return selection.distill_loss(
+            hs, ws, ht, wt, mask, rule="soft_or", ratio=0.5, rng=jax.random.PRNGKey(0), chunk_size=4, backward=backward
+        )[0]
 
     fn = jax.jit(jax.value_and_grad(tip, argnums=(0, 1)))
     value, grads = fn(*low)
@@ -221,6 +234,7 @@ def test_bad_input_names_the_argument():
         ((hs, ws, ht, wt, mask), {**kw, "rule": "soft-or"}, "rule='soft-or'.*entropy_sample"),
         ((hs, ws, ht, wt, mask), {**kw, "divergence": "kl"}, "divergence='kl'.*rkl, fkl, jsd"),
         ((hs, ws, ht, wt, mask), {**kw, "chunk_size": 0}, "chunk_size"),
+        ((hs, ws, ht, wt, mask), {**kw, "backward": "scan"}, "backward='scan'.*fused, remat"),
     ]
     for args, kwargs, match in cases:
         with pytest.raises(ValueError, match=match):
@@ -229,7 +243,8 @@ def test_bad_input_names_the_argument():
         selection.token_stats(jnp.zeros((1, 2, 5)), jnp.zeros((1, 2, 6)), jnp.ones((1, 2)))
 
 
-def test_loss_grad_memory_scales_with_chunks_not_with_positions():
+@pytest.mark.parametrize("backward", ["fused", "remat"])
+def test_loss_grad_memory_scales_with_chunks_not_with_positions(backward):
     """AOT temp bytes: the remat'd chunked loss must stay far below materialising [T, V] logits."""
     t, d, v = 4096, 64, 16384
     abstract = (
@@ -242,7 +257,7 @@ def test_loss_grad_memory_scales_with_chunks_not_with_positions():
         return jax.jit(jax.grad(loss, argnums=(0, 1))).lower(*abstract).compile().memory_analysis().temp_size_in_bytes
 
     def tip(hs, ws, ht, wt, mask):
-        return selection.distill_loss(hs, ws, ht, wt, mask, rule="soft_or", ratio=0.5, rng=jax.random.PRNGKey(0), chunk_size=128)[0]
+        return selection.distill_loss(hs, ws, ht, wt, mask, rule="soft_or", ratio=0.5, rng=jax.random.PRNGKey(0), chunk_size=128, backward=backward)[0]
 
     def naive(hs, ws, ht, wt, mask):
         return dense_loss(hs, ws, ht, wt, mask, "rkl")

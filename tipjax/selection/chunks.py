@@ -1,6 +1,10 @@
-"""Position chunking: evaluate a per-position function over N positions, C at a time, in one `lax.map`.
+"""Position chunking: evaluate a per-position function over N positions, C at a time, in one scan.
 
 This is what keeps vocabulary-sized intermediates at [C, V] instead of [N, V].
+
+Chunks are strided: with n chunks, chunk j holds positions j, j + n, j + 2n, ... An N axis sharded over
+devices in contiguous blocks then stays sharded inside every chunk (each device computes its share of
+each step), where scanning over a contiguous split would slice the sharded axis and gather it.
 """
 
 import jax
@@ -8,35 +12,48 @@ import jax.numpy as jnp
 from jax import lax
 
 
-def map_chunks(fn, arrays, chunk_size, *, remat=False):
-    """Apply `fn` to chunks of positions and reassemble its per-position outputs.
-
-    Args:
-      fn: takes a tuple of [C, ...] arrays (one chunk of each of `arrays`) and returns a dict of [C] arrays.
-      arrays: tuple of [N, ...] arrays sharing the leading position axis.
-      chunk_size: C, positions per step (N is padded with zeros to a multiple of C; C is capped at N).
-      remat: wrap `fn` in `jax.checkpoint`, so reverse mode stores only each chunk's inputs and recomputes
-        its [C, V] logits in the backward pass (a scan otherwise keeps every chunk's residuals alive).
-
-    Returns:
-      dict of [N] arrays.
-
-    Chunks are strided: chunk j holds positions j, j + n, j + 2n, ... (n chunks). An N axis sharded over
-    devices in contiguous blocks then stays sharded inside every chunk (each device computes its own share
-    of each step) instead of being gathered, as a contiguous split would force by scanning over the sharded axis.
-    """
-    n_pos = arrays[0].shape[0]
+def _layout(n_pos, chunk_size):
     c = max(1, min(chunk_size, n_pos))
-    n = -(-n_pos // c)
-    pad = n * c - n_pos
+    return c, -(-n_pos // c)
 
-    def to_chunks(x):
-        x = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1))
-        return jnp.moveaxis(x.reshape((c, n) + x.shape[1:]), 1, 0)
 
+def to_chunks(x, chunk_size):
+    """[N, ...] -> [n, C, ...], zero-padded to n * C positions."""
+    c, n = _layout(x.shape[0], chunk_size)
+    x = jnp.pad(x, [(0, n * c - x.shape[0])] + [(0, 0)] * (x.ndim - 1))
+    return jnp.moveaxis(x.reshape((c, n) + x.shape[1:]), 1, 0)
+
+
+def from_chunks(x, n_pos):
+    """[n, C, ...] -> [N, ...], the inverse of `to_chunks`."""
+    n, c = x.shape[:2]
+    return jnp.moveaxis(x, 0, 1).reshape((n * c,) + x.shape[2:])[:n_pos]
+
+
+def scan_chunks(fn, init, arrays, chunk_size):
+    """Scan `fn(carry, chunk) -> (carry, outputs)` over chunks of positions.
+
+    arrays: tuple of [N, ...] arrays (None entries pass through as None); chunk: the same tuple of [C, ...].
+    outputs: dict of [C, ...]. Returns (carry, dict of [N, ...]).
+    """
+    n_pos = next(x for x in arrays if x is not None).shape[0]
+    xs = tuple(None if x is None else to_chunks(x, chunk_size) for x in arrays)
+    carry, out = lax.scan(fn, init, xs)
+    return carry, {k: from_chunks(v, n_pos) for k, v in out.items()}
+
+
+def map_chunks(fn, arrays, chunk_size, *, remat=False):
+    """Apply `fn(chunk) -> dict of [C, ...]` to every chunk; returns dict of [N, ...].
+
+    remat wraps `fn` in `jax.checkpoint`, so reverse mode stores only each chunk's inputs and recomputes its
+    [C, V] logits in the backward pass (a scan otherwise keeps every chunk's residuals alive).
+    """
     body = jax.checkpoint(fn, prevent_cse=False) if remat else fn
-    out = lax.map(body, tuple(to_chunks(x) for x in arrays))
-    return {k: jnp.moveaxis(v, 0, 1).reshape(n * c)[:n_pos] for k, v in out.items()}
+
+    def step(carry, chunk):
+        return carry, body(chunk)
+
+    return scan_chunks(step, (), arrays, chunk_size)[1]
 
 
 def project(hidden, head):

@@ -1,14 +1,16 @@
 """The TIP distillation loss: chunked statistics -> selection -> divergence at the kept positions only.
 
 Memory is the point (DESIGN.md section 1): the gradient path touches only the gathered [B, K, D] hidden
-states and one [C, V] chunk of logits at a time, recomputed in the backward pass.
+states and one [C, V] chunk of logits at a time (gradient fused into the forward scan, or rematerialised).
 """
 
 import jax
 import jax.numpy as jnp
 
-from tipjax.selection import chunks, losses, quadrants, rules, stats
+from tipjax.selection import chunks, fused, losses, quadrants, rules, stats
 from tipjax.selection.options import SelectionOptions
+
+BACKWARDS = ("fused", "remat")
 
 
 def distill_loss(
@@ -27,6 +29,7 @@ def distill_loss(
     beta=0.5,
     tokens=None,
     capacity=None,
+    backward="fused",
 ):
     """Divergence between student and teacher over the full vocabulary, averaged over the selected tokens (Eq. 9).
 
@@ -42,6 +45,9 @@ def distill_loss(
       options: SelectionOptions (normalisation scope, unit, importance weights, aggregation, ...).
       tokens: optional [B, T] sampled tokens, adding the teacher_token_prob metric.
       capacity: static K (see rules.select_weighted).
+      backward: "fused" computes each chunk's gradient in the forward scan (fused.py, no recomputation);
+        "remat" differentiates a `jax.checkpoint`ed chunk, recomputing its logits in the backward pass.
+        Same values and gradients, same memory order; fused does one projection pass fewer.
 
     Returns:
       (loss [] fp32, metrics: dict of [] fp32). A mask without response tokens gives loss 0 (value and
@@ -53,20 +59,21 @@ def distill_loss(
     stats.check_hidden(student_hidden, student_head, teacher_hidden, teacher_head, response_mask)
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size={chunk_size!r} must be a positive int")
+    if backward not in BACKWARDS:
+        raise ValueError(f"backward={backward!r} is unknown; valid: {', '.join(BACKWARDS)}")
     b, t = response_mask.shape
     mask = response_mask.astype(bool)
     teacher_hidden, teacher_head = jax.lax.stop_gradient((teacher_hidden, teacher_head))
-    loss_fn = {"divergence": divergence, "beta": beta, "chunk_size": chunk_size}
+    loss_fn = {"divergence": divergence, "beta": beta, "chunk_size": chunk_size, "backward": backward}
 
     # Every token is kept: no statistics pass and no gather; the loss pass reports the statistics.
     if rule == "all" or (rules.concrete_ratio(ratio) == 1.0 and capacity in (None, t)):
         weight = mask.astype(jnp.float32)
         scale = loss_weights(weight, mask, weight, options)
-        per_pos = chunked_divergence(
-            student_hidden, student_head, teacher_hidden, teacher_head, tokens=tokens, **loss_fn
+        loss, per_pos = weighted_divergence(
+            student_hidden, student_head, teacher_hidden, teacher_head, scale, tokens=tokens, **loss_fn
         )
-        token_stats = stats.apply_mask({k: v for k, v in per_pos.items() if k != "div"}, mask)
-        loss = jnp.sum(jnp.where(scale > 0, per_pos["div"], 0.0) * scale)
+        token_stats = stats.apply_mask(per_pos, mask)
         kept_stats, kept = token_stats, mask
         n_dropped = jnp.float32(0)
     else:
@@ -76,11 +83,10 @@ def distill_loss(
         )
         chosen = rules.select_weighted(rule, token_stats, mask, ratio, rng, capacity=capacity, options=options)
         scale = loss_weights(chosen.weight, chosen.valid, mask.astype(jnp.float32), options)
-        per_pos = chunked_divergence(
+        loss, _ = weighted_divergence(
             gather(student_hidden, chosen.idx), student_head, gather(teacher_hidden, chosen.idx), teacher_head,
-            tokens=None, **loss_fn,
+            scale, tokens=None, **loss_fn,
         )
-        loss = jnp.sum(jnp.where(scale > 0, per_pos["div"], 0.0) * scale)
         kept_stats = {k: jnp.take_along_axis(v, chosen.idx, axis=1) for k, v in token_stats.items()}
         kept = chosen.valid
         n_dropped = chosen.n_dropped.astype(jnp.float32)
@@ -104,6 +110,31 @@ def loss_weights(weight, kept, response, options):
         return weight / jnp.maximum(jnp.sum(per_row), 1.0)
     rows = jnp.sum(jnp.any(kept, axis=-1)).astype(jnp.float32)
     return weight / (jnp.maximum(per_row, 1.0)[:, None] * jnp.maximum(rows, 1.0))
+
+
+def weighted_divergence(
+    student_hidden, student_head, teacher_hidden, teacher_head, scale, *, divergence, beta, chunk_size, tokens, backward
+):
+    """sum over positions of scale * divergence, and the stop-gradient statistics of every position.
+
+    student_hidden [B, P, Ds], teacher_hidden [B, P, Dt], heads [D, V], scale [B, P] fp32, tokens None or [B, P].
+    Returns (loss [] fp32, dict of [B, P] fp32 statistics without jsd).
+    """
+    b, p = scale.shape
+    if backward == "fused":
+        flat_tokens = None if tokens is None else tokens.reshape(b * p).astype(jnp.int32)
+        loss, flat = fused.fused_divergence(
+            student_hidden.reshape(b * p, -1), student_head, teacher_hidden.reshape(b * p, -1), teacher_head,
+            scale.reshape(b * p), flat_tokens, divergence, beta, chunk_size,
+        )
+        return loss, {k: v.reshape(b, p) for k, v in flat.items()}
+    per_pos = chunked_divergence(
+        student_hidden, student_head, teacher_hidden, teacher_head,
+        divergence=divergence, beta=beta, chunk_size=chunk_size, tokens=tokens,
+    )
+    # where, not multiply: a masked position must not turn 0 * inf into NaN.
+    loss = jnp.sum(jnp.where(scale > 0, per_pos.pop("div"), 0.0) * scale)
+    return loss, per_pos
 
 
 def chunked_divergence(
