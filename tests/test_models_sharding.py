@@ -85,3 +85,21 @@ def test_model_shardings_of_abstract_preset(mesh):
     assert shardings.blocks.w_gate.get_value().spec == P(None, "fsdp", "tensor")
     assert shardings.blocks.wk.get_value().spec == P(None, "fsdp", "tensor", None)  # 8 kv heads divide tensor=4
     assert shardings.blocks.q_norm.get_value().spec == P(None, None)
+
+
+def test_sharded_cache_decode_matches(mesh):
+    cfg = models.ModelConfig.from_hf_dict({**HF, "num_key_value_heads": 4})
+    model = models.init(cfg, jax.random.key(3))
+    ids = jax.random.randint(jax.random.key(4), (4, 6), 0, cfg.vocab_size)
+    pos = jnp.broadcast_to(jnp.arange(6), (4, 6))
+    ones = jnp.ones((4, 6), bool)
+    cache = model.init_cache(4, 8)
+    shardings = models.cache_shardings(cache, mesh)
+    assert shardings.k.spec == P(None, ("data", "fsdp"), None, "tensor", None)
+    assert shardings.mask.spec == P(("data", "fsdp"), None)
+    run = jax.jit(type(model).hidden_cached, out_shardings=(None, shardings))
+    h_ref, _ = run(model, ids, pos, cache, ones)
+    h, sharded = run(models.shard(model, mesh, models.SAMPLING_RULES), ids, pos, jax.device_put(cache, shardings),
+                     ones)
+    assert sharded.k.sharding.spec == shardings.k.spec
+    np.testing.assert_allclose(h, h_ref, atol=1e-5, rtol=1e-5)

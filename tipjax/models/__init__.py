@@ -15,6 +15,7 @@ from tipjax.models.sharding import (  # noqa: E402
     SAMPLING_RULES,
     STORAGE_RULES,
     batch_sharding,
+    cache_shardings,
     logical_to_spec,
     make_mesh,
     model_shardings,
@@ -23,6 +24,6 @@ from tipjax.models.sharding import (  # noqa: E402
 
 __all__ = [
     "MESH_AXES", "PRESETS", "SAMPLING_RULES", "STORAGE_RULES", "Decoder", "KVCache", "ModelConfig", "RopeScaling",
-    "abstract", "batch_sharding", "init", "load_hf", "logical_to_spec", "make_mesh", "model_shardings", "param_count",
+    "abstract", "batch_sharding", "cache_shardings", "init", "load_hf", "logical_to_spec", "make_mesh", "model_shardings", "param_count",
     "param_specs", "save_hf", "shard",
 ]

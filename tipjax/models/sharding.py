@@ -97,3 +97,15 @@ def shard(model, mesh: Mesh, rules: Rules = STORAGE_RULES):
 def batch_sharding(mesh: Mesh, rules: Rules = STORAGE_RULES, ndim: int = 2) -> NamedSharding:
     """Sharding for an activation whose first dim is the batch, e.g. input_ids [B, T]."""
     return NamedSharding(mesh, logical_to_spec(("batch",) + (None,) * (ndim - 1), rules, mesh=mesh))
+
+
+# KVCache leaves' logical axes: k, v [L, B, S, K, H]; mask [B, S]; index scalar.
+CACHE_AXES = {"k": ("layers", "batch", None, "kv_heads", "head_dim"),
+              "v": ("layers", "batch", None, "kv_heads", "head_dim"), "mask": ("batch", None), "index": ()}
+
+
+def cache_shardings(cache, mesh: Mesh, rules: Rules = SAMPLING_RULES):
+    """A KVCache (or its jax.eval_shape) with a NamedSharding per leaf: batch over data/fsdp, kv heads over tensor."""
+    return type(cache)(**{name: NamedSharding(mesh, logical_to_spec(axes, rules, shape=getattr(cache, name).shape,
+                                                                     mesh=mesh))
+                          for name, axes in CACHE_AXES.items()})
