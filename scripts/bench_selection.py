@@ -26,9 +26,11 @@ CASES = (("all", 1.0), ("soft_or", 0.5), ("soft_or", 0.2), ("entropy_sample", 0.
 OUT = pathlib.Path(__file__).resolve().parents[1] / "docs" / "bench_selection.json"
 
 
-def tip_loss(rule, ratio, chunk_size):
+def tip_loss(rule, ratio, chunk_size, backward):
     def loss(hs, ws, ht, wt, mask, rng):
-        value, _ = selection.distill_loss(hs, ws, ht, wt, mask, rule=rule, ratio=ratio, rng=rng, chunk_size=chunk_size)
+        value, _ = selection.distill_loss(
+            hs, ws, ht, wt, mask, rule=rule, ratio=ratio, rng=rng, chunk_size=chunk_size, backward=backward
+        )
         return value
 
     return loss
@@ -60,10 +62,13 @@ def temp_bytes(loss, b, t, ds, dt, v, dtype):
 def memory_part(chunk_size):
     dims = {"b": 1, "t": 16384, "ds": 2560, "dt": 4096, "v": 151936, "dtype": jnp.bfloat16}
     naive = temp_bytes(naive_loss, **dims)
-    rows = [{"rule": "naive", "ratio": 1.0, "temp_gib": naive / 2**30, "vs_naive": 1.0}]
-    for rule, ratio in CASES:
-        got = temp_bytes(tip_loss(rule, ratio, chunk_size), **dims)
-        rows.append({"rule": rule, "ratio": ratio, "temp_gib": got / 2**30, "vs_naive": got / naive})
+    rows = [{"rule": "naive", "ratio": 1.0, "backward": "-", "temp_gib": naive / 2**30, "vs_naive": 1.0}]
+    for backward in ("fused", "remat"):
+        for rule, ratio in CASES:
+            got = temp_bytes(tip_loss(rule, ratio, chunk_size, backward), **dims)
+            rows.append(
+                {"rule": rule, "ratio": ratio, "backward": backward, "temp_gib": got / 2**30, "vs_naive": got / naive}
+            )
     return rows
 
 
@@ -125,10 +130,12 @@ def time_part(chunk_size, repeats):
     def jax_seconds(loss):
         return wall_time(jax.jit(jax.value_and_grad(loss, argnums=(0, 1))), jax_args, repeats)
 
-    rows = [{"rule": "torch naive", "ratio": 1.0, "seconds": torch_s}]
-    rows.append({"rule": "jax naive", "ratio": 1.0, "seconds": jax_seconds(naive_loss)})
-    for rule, ratio in CASES:
-        rows.append({"rule": rule, "ratio": ratio, "seconds": jax_seconds(tip_loss(rule, ratio, chunk_size))})
+    rows = [{"rule": "torch naive", "ratio": 1.0, "backward": "-", "seconds": torch_s}]
+    rows.append({"rule": "jax naive", "ratio": 1.0, "backward": "-", "seconds": jax_seconds(naive_loss)})
+    cases = [(rule, ratio, "fused") for rule, ratio in CASES] + [("all", 1.0, "remat"), ("soft_or", 0.5, "remat")]
+    for rule, ratio, backward in cases:
+        seconds = jax_seconds(tip_loss(rule, ratio, chunk_size, backward))
+        rows.append({"rule": rule, "ratio": ratio, "backward": backward, "seconds": seconds})
     all_s = rows[2]["seconds"]
     for row in rows:
         row["vs_all"] = row["seconds"] / all_s
@@ -145,15 +152,18 @@ def main():
     result = {}
     if args.part in ("memory", "both"):
         result["memory"] = memory_part(args.chunk_size)
-        print("| rule | ratio | loss+grad temp (GiB) | vs naive |\n|---|---|---|---|")
+        print("| rule | ratio | backward | loss+grad temp (GiB) | vs naive |\n|---|---|---|---|---|")
         for row in result["memory"]:
-            print(f"| {row['rule']} | {row['ratio']} | {row['temp_gib']:.2f} | {row['vs_naive']:.1%} |")
+            print(
+                f"| {row['rule']} | {row['ratio']} | {row['backward']} | {row['temp_gib']:.2f} | {row['vs_naive']:.1%} |"
+            )
     if args.part in ("time", "both"):
         result["time"] = time_part(args.chunk_size, args.repeats)
-        print("\n| rule | ratio | loss+grad seconds | vs all-token | vs torch |\n|---|---|---|---|---|")
+        print("\n| rule | ratio | backward | loss+grad s | vs all-token (fused) | vs torch |\n|---|---|---|---|---|---|")
         for row in result["time"]:
             print(
-                f"| {row['rule']} | {row['ratio']} | {row['seconds']:.3f} | {row['vs_all']:.2f} | {row['vs_torch']:.2f} |"
+                f"| {row['rule']} | {row['ratio']} | {row['backward']} | {row['seconds']:.2f} | {row['vs_all']:.2f} "
+                f"| {row['vs_torch']:.2f} |"
             )
     result["config"] = {"chunk_size": args.chunk_size, "repeats": args.repeats, "jax": jax.__version__}
     OUT.parent.mkdir(exist_ok=True)

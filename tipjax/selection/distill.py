@@ -71,7 +71,7 @@ def distill_loss(
         weight = mask.astype(jnp.float32)
         scale = loss_weights(weight, mask, weight, options)
         loss, per_pos = weighted_divergence(
-            student_hidden, student_head, teacher_hidden, teacher_head, scale, tokens=tokens, **loss_fn
+            student_hidden, student_head, teacher_hidden, teacher_head, scale, tokens=tokens, with_stats=True, **loss_fn
         )
         token_stats = stats.apply_mask(per_pos, mask)
         kept_stats, kept = token_stats, mask
@@ -85,7 +85,7 @@ def distill_loss(
         scale = loss_weights(chosen.weight, chosen.valid, mask.astype(jnp.float32), options)
         loss, _ = weighted_divergence(
             gather(student_hidden, chosen.idx), student_head, gather(teacher_hidden, chosen.idx), teacher_head,
-            scale, tokens=None, **loss_fn,
+            scale, tokens=None, with_stats=False, **loss_fn,
         )
         kept_stats = {k: jnp.take_along_axis(v, chosen.idx, axis=1) for k, v in token_stats.items()}
         kept = chosen.valid
@@ -113,24 +113,25 @@ def loss_weights(weight, kept, response, options):
 
 
 def weighted_divergence(
-    student_hidden, student_head, teacher_hidden, teacher_head, scale, *, divergence, beta, chunk_size, tokens, backward
+    student_hidden, student_head, teacher_hidden, teacher_head, scale, *,
+    divergence, beta, chunk_size, tokens, backward, with_stats,
 ):
-    """sum over positions of scale * divergence, and the stop-gradient statistics of every position.
+    """sum over positions of scale * divergence, and (if with_stats) the stop-gradient statistics of every position.
 
     student_hidden [B, P, Ds], teacher_hidden [B, P, Dt], heads [D, V], scale [B, P] fp32, tokens None or [B, P].
-    Returns (loss [] fp32, dict of [B, P] fp32 statistics without jsd).
+    Returns (loss [] fp32, dict of [B, P] fp32 statistics without jsd; empty unless with_stats).
     """
     b, p = scale.shape
     if backward == "fused":
         flat_tokens = None if tokens is None else tokens.reshape(b * p).astype(jnp.int32)
         loss, flat = fused.fused_divergence(
             student_hidden.reshape(b * p, -1), student_head, teacher_hidden.reshape(b * p, -1), teacher_head,
-            scale.reshape(b * p), flat_tokens, divergence, beta, chunk_size,
+            scale.reshape(b * p), flat_tokens, divergence, beta, chunk_size, with_stats,
         )
         return loss, {k: v.reshape(b, p) for k, v in flat.items()}
     per_pos = chunked_divergence(
         student_hidden, student_head, teacher_hidden, teacher_head,
-        divergence=divergence, beta=beta, chunk_size=chunk_size, tokens=tokens,
+        divergence=divergence, beta=beta, chunk_size=chunk_size, tokens=tokens, with_stats=with_stats,
     )
     # where, not multiply: a masked position must not turn 0 * inf into NaN.
     loss = jnp.sum(jnp.where(scale > 0, per_pos.pop("div"), 0.0) * scale)
@@ -138,12 +139,12 @@ def weighted_divergence(
 
 
 def chunked_divergence(
-    student_hidden, student_head, teacher_hidden, teacher_head, *, divergence, beta, chunk_size, tokens
+    student_hidden, student_head, teacher_hidden, teacher_head, *, divergence, beta, chunk_size, tokens, with_stats
 ):
     """Per-position divergence of the given positions, `chunk_size` at a time, logits recomputed in backward.
 
     student_hidden [B, P, Ds], teacher_hidden [B, P, Dt], heads [D, V], tokens None or [B, P].
-    Returns a dict of [B, P] fp32: "div" (differentiable) and the stop-gradient statistics of
+    Returns a dict of [B, P] fp32: "div" (differentiable) and, if with_stats, the stop-gradient statistics of
     stats.position_stats (without jsd).
     """
     b, p = student_hidden.shape[:2]
@@ -156,9 +157,11 @@ def chunked_divergence(
     def chunk_loss(chunk):
         logits_s = chunks.project(chunk[0], head_s.astype(student_head.dtype))
         logits_t = chunks.project(chunk[1], teacher_head)
-        out = stats.position_stats(
-            jax.lax.stop_gradient(logits_s), logits_t, tokens=chunk[2] if tokens is not None else None, beta=None
-        )
+        out = {}
+        if with_stats:
+            out = stats.position_stats(
+                jax.lax.stop_gradient(logits_s), logits_t, tokens=chunk[2] if tokens is not None else None, beta=None
+            )
         out["div"] = losses.divergence(divergence, logits_s, logits_t, beta=beta)
         return out
 

@@ -20,7 +20,9 @@ def _compute_dtype(hidden, head):
     return jnp.promote_types(hidden.dtype, head.dtype)
 
 
-def _scan(student_hidden, student_head, teacher_hidden, teacher_head, scale, tokens, divergence, beta, chunk_size, grads):
+def _scan(
+    student_hidden, student_head, teacher_hidden, teacher_head, scale, tokens, divergence, beta, chunk_size, with_stats, grads
+):
     """Returns (total, per-position stats) and, if grads, (dh [N, Ds], dW [Ds, V] fp32)."""
     dtype = _compute_dtype(student_hidden, student_head)
 
@@ -34,7 +36,7 @@ def _scan(student_hidden, student_head, teacher_hidden, teacher_head, scale, tok
             # where, not multiply: padded or masked positions must not turn 0 * inf into NaN.
             return jnp.sum(jnp.where(w > 0, div, 0.0) * w)
 
-        out = stats.position_stats(logits_s, logits_t, tokens=tok, beta=None)
+        out = stats.position_stats(logits_s, logits_t, tokens=tok, beta=None) if with_stats else {}
         if not grads:
             return carry + weighted(logits_s), out
         total, dw = carry
@@ -50,33 +52,39 @@ def _scan(student_hidden, student_head, teacher_hidden, teacher_head, scale, tok
     return chunks.scan_chunks(step, init, (student_hidden, teacher_hidden, scale, tokens), chunk_size)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8))
-def fused_divergence(student_hidden, student_head, teacher_hidden, teacher_head, scale, tokens, divergence, beta, chunk_size):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8, 9))
+def fused_divergence(
+    student_hidden, student_head, teacher_hidden, teacher_head, scale, tokens, divergence, beta, chunk_size, with_stats
+):
     """sum_n scale_n * divergence(student_n, teacher_n), and the stop-gradient statistics of every position.
 
     Args:
       student_hidden [N, Ds], student_head [Ds, V], teacher_hidden [N, Dt], teacher_head [Dt, V]; scale [N]
-      fp32 loss weights; tokens None or [N] int (teacher_token_prob). divergence, beta (Python float) and
-      chunk_size are static.
+      fp32 loss weights; tokens None or [N] int (teacher_token_prob). divergence, beta (Python float),
+      chunk_size and with_stats (return the statistics) are static.
 
     Returns:
-      (total [] fp32, dict of [N] fp32 statistics). Differentiable in student_hidden and student_head only.
+      (total [] fp32, dict of [N] fp32 statistics, empty unless with_stats). Differentiable in student_hidden
+      and student_head only.
     """
-    total, out = _scan(
-        student_hidden, student_head, teacher_hidden, teacher_head, scale, tokens, divergence, beta, chunk_size, False
+    return _scan(
+        student_hidden, student_head, teacher_hidden, teacher_head, scale, tokens,
+        divergence, beta, chunk_size, with_stats, False,
     )
-    return total, out
 
 
-def _forward(student_hidden, student_head, teacher_hidden, teacher_head, scale, tokens, divergence, beta, chunk_size):
+def _forward(
+    student_hidden, student_head, teacher_hidden, teacher_head, scale, tokens, divergence, beta, chunk_size, with_stats
+):
     (total, dw), out = _scan(
-        student_hidden, student_head, teacher_hidden, teacher_head, scale, tokens, divergence, beta, chunk_size, True
+        student_hidden, student_head, teacher_hidden, teacher_head, scale, tokens,
+        divergence, beta, chunk_size, with_stats, True,
     )
     dh = out.pop("dh").astype(student_hidden.dtype)
     return (total, out), (dh, dw.astype(student_head.dtype))
 
 
-def _backward(divergence, beta, chunk_size, residuals, cotangent):
+def _backward(divergence, beta, chunk_size, with_stats, residuals, cotangent):
     dh, dw = residuals
     ct = cotangent[0]
     return ((ct * dh).astype(dh.dtype), (ct * dw).astype(dw.dtype), None, None, None, None)

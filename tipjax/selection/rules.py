@@ -73,7 +73,8 @@ def keep_counts(ratio, m, *, min_one=False):
     num = jnp.round(r * den)
     best = jnp.argmin(jnp.abs(num / den - r))
     m = m.astype(jnp.int32)
-    k = (num[best].astype(jnp.int32) * m) // den[best].astype(jnp.int32)
+    # The clip only matters for a traced ratio outside (0, 1], which cannot be validated on the host.
+    k = jnp.clip((num[best].astype(jnp.int32) * m) // den[best].astype(jnp.int32), 0, m)
     if min_one:
         k = jnp.where(m > 0, jnp.maximum(k, 1), 0)
     return k
