@@ -45,10 +45,15 @@ def check_tokenizers(student_tok, teacher_tok) -> None:
                                  f"student: {_render(student_tok)!r}\nteacher: {_render(teacher_tok)!r}")
 
 
-def shared_vocab(student_vocab: int, teacher_vocab: int, tokenizer) -> int:
-    """The vocabulary both heads are sliced to: equal tables as they are, padded tables to the real vocabulary."""
+def shared_vocab(student_vocab: int, teacher_vocab: int, tokenizer, *, shapes_only: bool = False) -> int:
+    """The vocabulary both heads are sliced to: equal tables as they are, padded tables to the real vocabulary.
+
+    shapes_only (dry runs on presets, no tokenizer at hand): the smaller table stands in for the real vocabulary.
+    """
     if student_vocab == teacher_vocab:
         return student_vocab
+    if tokenizer is None and shapes_only:
+        return min(student_vocab, teacher_vocab)
     if tokenizer is None:
         raise IncompatibleModels(f"student vocab {student_vocab} != teacher vocab {teacher_vocab} and no tokenizer "
                                  f"tells the real vocabulary; set data.tokenizer")

@@ -75,8 +75,9 @@ def validate(cfg) -> None:
         raise ValueError(f"micro_batches={cfg.micro_batches} must divide prompts_per_step * samples_per_prompt = {rows}")
     for name in ("student", "teacher"):
         spec = getattr(cfg, name)
-        if sum(x is not None for x in (spec.path, spec.preset, spec.arch)) != 1:
-            raise ValueError(f"{name}: set exactly one of {name}.path, {name}.preset, {name}.arch")
+        if (spec.path is not None or spec.preset is not None) + (spec.arch is not None) != 1:
+            raise ValueError(f"{name}: set {name}.path (optionally with {name}.preset, checked against it), "
+                             f"{name}.preset or {name}.arch")
         if spec.path is not None and not (Path(spec.path) / "config.json").is_file():
             raise FileNotFoundError(f"{name}.path={spec.path!r}: no config.json there (a local Hugging Face folder "
                                     f"is required; hub downloads are not done)")
@@ -96,14 +97,25 @@ def model_config(spec):
     from tipjax import models
 
     dtypes = dict(param_dtype=spec.param_dtype, compute_dtype=spec.compute_dtype, remat=spec.remat)
+    if spec.preset is not None and spec.preset not in models.PRESETS:
+        raise ValueError(f"unknown preset {spec.preset!r}; known: {sorted(models.PRESETS)}")
     if spec.path is not None:
         hf = json.loads((Path(spec.path) / "config.json").read_text())
-        return models.ModelConfig.from_hf_dict(hf, source_dir=spec.path, **dtypes)
+        cfg = models.ModelConfig.from_hf_dict(hf, source_dir=spec.path, **dtypes)
+        if spec.preset is not None:
+            _check_against_preset(cfg, models.PRESETS[spec.preset], spec)
+        return cfg
     if spec.preset is not None:
-        if spec.preset not in models.PRESETS:
-            raise ValueError(f"unknown preset {spec.preset!r}; known: {sorted(models.PRESETS)}")
         return models.PRESETS[spec.preset].replace(**dtypes)
     return models.ModelConfig.from_hf_dict(dict(spec.arch), **dtypes)
+
+
+def _check_against_preset(cfg, preset, spec) -> None:
+    """A config file names the pair it was written for; a folder of another shape is a mistake, not a variant."""
+    for field in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim", "intermediate_size"):
+        if getattr(cfg, field) != getattr(preset, field):
+            raise ValueError(f"{spec.path}: {field}={getattr(cfg, field)} but the config's preset {spec.preset!r} has "
+                             f"{getattr(preset, field)}; fix the path or set the preset to None")
 
 
 def build_model(spec, mesh, *, abstract: bool):
@@ -142,7 +154,7 @@ def setup(cfg, *, abstract: bool = False) -> Setup:
     student_tok = compat.load_tokenizer(cfg.data.tokenizer or cfg.student.path)
     compat.check_tokenizers(student_tok, compat.load_tokenizer(cfg.teacher.path))
     s_cfg, t_cfg = model_config(cfg.student), model_config(cfg.teacher)
-    vocab = compat.shared_vocab(s_cfg.vocab_size, t_cfg.vocab_size, student_tok)
+    vocab = compat.shared_vocab(s_cfg.vocab_size, t_cfg.vocab_size, student_tok, shapes_only=abstract)
     student = build_model(cfg.student, mesh, abstract=abstract)
     teacher = build_model(cfg.teacher, mesh, abstract=abstract)
 

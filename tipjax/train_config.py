@@ -189,3 +189,41 @@ def apply_variant(config: ml_collections.ConfigDict, variant: str | None) -> ml_
         raise ValueError(f"unknown variant {variant!r}; known: {sorted(VARIANTS)}")
     config.selection.rule, config.selection.ratio = VARIANTS[variant]
     return config
+
+
+def paper_config(*, student: str, teacher: str, learning_rate: float, fsdp: int, tensor: int,
+                 variant: str | None) -> ml_collections.ConfigDict:
+    """PAPER.md Table 9 (identical across pairs except lr and GPUs) plus the section 12 defaults.
+
+    `student`/`teacher` are models.PRESETS names: they give the shapes for `--dry_run`; a real run sets
+    `--config.student.path=` / `--config.teacher.path=` (local HF folders, checked against the preset shapes).
+    """
+    c = config_dict()
+    c.student.preset, c.teacher.preset = student, teacher
+    for spec in (c.student, c.teacher):
+        spec.param_dtype, spec.compute_dtype, spec.remat = "bfloat16", "bfloat16", "full"
+    c.student.param_dtype = "float32"  # fp32 master weights for AdamW; compute in bf16
+    c.data.source = "dapo_math_17k_train.parquet"  # DAPO-Math-17k 80% split (seed 42), a local file
+    c.data.prompt_field = "prompt"
+    c.data.answer_field = "reward_model.ground_truth"
+    c.data.max_prompt_len = 2048
+    c.data.enable_thinking = False
+    c.rollout.samples_per_prompt = 16
+    c.rollout.max_new_tokens = 8192
+    c.selection.chunk_size = 512
+    c.optim.learning_rate = learning_rate
+    c.optim.warmup_steps = 0
+    c.optim.weight_decay = 0.1
+    c.optim.grad_clip = 1.0
+    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = -1, fsdp, tensor
+    c.prompts_per_step = 8
+    c.micro_batches = 32  # 128 rollouts of up to 10240 tokens: 4 per micro-batch bound activation memory
+    c.total_steps = 1739  # one epoch of 13,918 DAPO prompts at 8 prompts per step (PAPER.md section 9)
+    c.checkpoint.every = 50
+    c.checkpoint.keep = 3
+    c.checkpoint.keep_period = 500
+    c.eval.every = 50
+    c.eval.datasets = ("math500.jsonl", "aime24.jsonl", "aime25.jsonl")
+    c.eval.samples = 16
+    c.eval.max_new_tokens = 8192
+    return apply_variant(c, variant)
