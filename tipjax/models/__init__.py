@@ -2,15 +2,12 @@
 
 from flax import nnx
 
-# tipjax uses NNX modules as plain pytrees (jax.jit / jax.grad over them); set once, here.
-nnx.set_graph_mode(False)
-
-from tipjax.models.cache import KVCache  # noqa: E402
-from tipjax.models.config import ModelConfig, RopeScaling  # noqa: E402
-from tipjax.models.decoder import Decoder, abstract, init, param_count, param_specs  # noqa: E402
-from tipjax.models.hf import load_hf, save_hf  # noqa: E402
-from tipjax.models.presets import PRESETS  # noqa: E402
-from tipjax.models.sharding import (  # noqa: E402
+from tipjax.models.cache import KVCache
+from tipjax.models.config import ModelConfig, RopeScaling
+from tipjax.models.decoder import Decoder, abstract, init, param_count, param_specs
+from tipjax.models.hf import load_hf, save_hf
+from tipjax.models.presets import PRESETS
+from tipjax.models.sharding import (
     MESH_AXES,
     SAMPLING_RULES,
     STORAGE_RULES,
@@ -22,8 +19,11 @@ from tipjax.models.sharding import (  # noqa: E402
     shard,
 )
 
+# tipjax uses NNX modules as plain pytrees (jax.jit / jax.grad over them); set once, here.
+nnx.set_graph_mode(False)
+
 __all__ = [
     "MESH_AXES", "PRESETS", "SAMPLING_RULES", "STORAGE_RULES", "Decoder", "KVCache", "ModelConfig", "RopeScaling",
-    "abstract", "batch_sharding", "cache_shardings", "init", "load_hf", "logical_to_spec", "make_mesh", "model_shardings", "param_count",
-    "param_specs", "save_hf", "shard",
+    "abstract", "batch_sharding", "cache_shardings", "init", "load_hf", "logical_to_spec", "make_mesh",
+    "model_shardings", "param_count", "param_specs", "save_hf", "shard",
 ]
