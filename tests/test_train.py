@@ -157,3 +157,33 @@ def test_chat_template_mismatch_is_an_error_before_compiling(tmp_path):
     with pytest.raises(compat.IncompatibleModels, match="chat templates"):
         compat.check_tokenizers(a, b)
     assert compat.shared_vocab(151936, 152064, a) == len(a)
+
+
+def test_prompt_file_training_with_periodic_eval_and_eval_of_the_workdir(tmp_path):
+    """Real MATH-500 prompts through the chat template; eval during training and on the run's checkpoint."""
+    from fixtures_tokenizer import build_tokenizer, save_tiny_qwen3, shared_data_dir
+
+    from tipjax import eval as tev
+
+    tokenizer = build_tokenizer(n_rows=200, vocab_size=600)
+    student = save_tiny_qwen3(tmp_path / "student", tokenizer, seed=0)
+    teacher = save_tiny_qwen3(tmp_path / "teacher", tokenizer, seed=1)
+    cfg = tiny("soft_or50", f"--config.student.path={student}", f"--config.teacher.path={teacher}",
+               f"--config.data.source={shared_data_dir() / 'math500.jsonl'}", "--config.data.max_prompt_len=256",
+               "--config.rollout.max_new_tokens=8", "--config.total_steps=2", "--config.checkpoint.every=2",
+               "--config.eval.every=2", "--config.eval.datasets=('aime24.jsonl',)", "--config.eval.samples=2",
+               "--config.eval.limit=2", "--config.eval.max_new_tokens=8", "--config.eval.batch_size=4")
+    cfg = one_device(dataclasses.replace(cfg, student=dataclasses.replace(cfg.student, arch=None),
+                                         teacher=dataclasses.replace(cfg.teacher, arch=None)))
+    train.validate(cfg)
+    train.train(cfg, tmp_path / "run")
+    rows = read_metrics(tmp_path / "run")
+    evals = [r for r in rows if "eval/aime24/mean_at_n" in r]
+    assert len(evals) == 1 and 0.0 <= evals[0]["eval/aime24/mean_at_n"] <= 1.0
+    loaded = tev.resolve_model(tmp_path / "run")
+    assert loaded.tokenizer.get_vocab() == tokenizer.get_vocab()
+    trained = export.load_student(tmp_path / "run")
+    np.testing.assert_array_equal(np.asarray(loaded.model.embed[...]), np.asarray(trained.embed[...]))
+    report = tev.evaluate(loaded.model, loaded.tokenizer, shared_data_dir() / "aime24.jsonl", n=1, limit=2,
+                          max_new_tokens=8, batch_size=2, progress=False)
+    assert report["n_problems"] == 2

@@ -90,16 +90,26 @@ def eos_token_ids(folder: str | Path, tokenizer) -> tuple[int, ...]:
 def resolve_model(path: str | Path, dtype=jnp.float32) -> LoadedModel:
     """``--model PATH`` -> model, tokenizer and stop tokens.
 
-    Today PATH is a Hugging Face folder (config.json, *.safetensors, tokenizer files). This is the hook the
-    trainer extends to accept a tipjax workdir or checkpoint.
+    PATH is a Hugging Face folder (config.json, *.safetensors, tokenizer files) or a tipjax training workdir
+    (its latest checkpoint).
     """
     from transformers import AutoTokenizer  # heavy import, only needed by the CLI path
 
     from tipjax import models
 
+    from tipjax import export
+
     path = Path(path)
+    if export.is_workdir(path):
+        # A training run: its latest checkpoint's student, with the tokenizer of the folder it started from.
+        model = export.load_student(path, dtype=dtype)
+        source = model.config.source_dir
+        if source is None:
+            raise ValueError(f"--model {path}: the run's student had no Hugging Face folder, so no tokenizer")
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+        return LoadedModel(model, tokenizer, eos_token_ids(Path(source), tokenizer))
     if not (path / "config.json").is_file():
-        raise ValueError(f"--model {path}: not a Hugging Face model folder (no config.json)")
+        raise ValueError(f"--model {path}: neither a Hugging Face model folder (no config.json) nor a tipjax workdir")
     tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
     return LoadedModel(models.load_hf(str(path), dtype=dtype), tokenizer, eos_token_ids(path, tokenizer))
 

@@ -73,6 +73,10 @@ def validate(cfg) -> None:
     rows = cfg.prompts_per_step * cfg.rollout.samples_per_prompt
     if rows % cfg.micro_batches:
         raise ValueError(f"micro_batches={cfg.micro_batches} must divide prompts_per_step * samples_per_prompt = {rows}")
+    if cfg.eval.every:
+        missing = [str(p) for p in eval_paths(cfg) if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(f"eval.datasets not found: {missing}")
     for name in ("student", "teacher"):
         spec = getattr(cfg, name)
         if (spec.path is not None or spec.preset is not None) + (spec.arch is not None) != 1:
@@ -144,6 +148,7 @@ class Setup:
     init_fn: object
     state_shardings: object
     batch_sharding: object
+    eos_ids: tuple
 
 
 def setup(cfg, *, abstract: bool = False) -> Setup:
@@ -180,7 +185,8 @@ def setup(cfg, *, abstract: bool = False) -> Setup:
                       in_shardings=(state_shardings, models.model_shardings(teacher, mesh), batch, batch),
                       out_shardings=(state_shardings, None), donate_argnums=(0,))
     init_fn = jax.jit(init, out_shardings=state_shardings)
-    return Setup(cfg, mesh, student, teacher, student_tok, step_fn, init_fn, state_shardings, batch)
+    return Setup(cfg, mesh, student, teacher, student_tok, step_fn, init_fn, state_shardings, batch,
+                 settings.eos_ids)
 
 
 # --- dry run -------------------------------------------------------------------------------------------
@@ -261,11 +267,36 @@ def train(cfg, workdir: str | Path, *, max_steps: int = 0) -> dict:
                        **_peak_memory())
         last = logbook.write(step + 1, metrics)
         bar.set_postfix(metrics_log.console_summary(last))
+        if cfg.eval.every and (step + 1) % cfg.eval.every == 0:
+            logbook.write(step + 1, periodic_eval(cfg, state.params, s))
         if checkpoints.should_save(step + 1) or step + 1 == end:
             checkpoints.save(step + 1, state, source.get_state(), force=step + 1 == end)
     checkpoints.close()
     logbook.close()
     return last
+
+
+def eval_paths(cfg) -> list[Path]:
+    """eval.datasets: absolute, relative to the working directory, or names in ../shared/data beside the repo."""
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data"
+    return [Path(d) if Path(d).is_file() else shared / d for d in cfg.eval.datasets]
+
+
+def periodic_eval(cfg, student, s: Setup) -> dict:
+    """mean@n and pass@n of the current student on each eval.datasets file, through tipjax.eval."""
+    from tipjax import eval as tev
+
+    out = {}
+    for path in eval_paths(cfg):
+        report = tev.evaluate(student, s.tokenizer, path, n=cfg.eval.samples, temperature=cfg.eval.temperature,
+                              top_p=cfg.eval.top_p, max_new_tokens=cfg.eval.max_new_tokens,
+                              batch_size=cfg.eval.batch_size, limit=cfg.eval.limit or None,
+                              eos_token_ids=s.eos_ids, progress=False)
+        name = path.stem
+        out[f"eval/{name}/mean_at_n"] = report["mean_at_n"]
+        out[f"eval/{name}/pass_at_n"] = report["pass_at_n"]
+        out[f"eval/{name}/response_length"] = report["mean_response_length"]
+    return out
 
 
 def _peak_memory() -> dict:
