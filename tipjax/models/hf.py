@@ -129,13 +129,19 @@ def _load_param(name, shape, hf_names, files, handles, sharding, dtype) -> jax.A
 
         return read
 
+    blocks: dict[tuple, np.ndarray] = {}  # devices holding the same block (replication) share one read
+
     def callback(index):
         index = tuple(slice(*s.indices(n)) for s, n in zip(index, shape, strict=True))
-        if not stacked:
-            return read_slice(layout, reader(hf_names[0]), index, shape).astype(np_dtype)
-        layers = [read_slice(layout, reader(hf_names[i]), index[1:], shape[1:])
-                  for i in range(index[0].start, index[0].stop)]
-        return np.stack(layers).astype(np_dtype)
+        key = tuple((s.start, s.stop) for s in index)
+        if key not in blocks:
+            if stacked:
+                block = np.stack([read_slice(layout, reader(hf_names[i]), index[1:], shape[1:])
+                                  for i in range(index[0].start, index[0].stop)])
+            else:
+                block = read_slice(layout, reader(hf_names[0]), index, shape)
+            blocks[key] = block.astype(np_dtype)
+        return blocks[key]
 
     return jax.make_array_from_callback(shape, sharding, callback)
 
