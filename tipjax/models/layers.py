@@ -52,11 +52,34 @@ def rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.Array:
     return out.astype(x.dtype)
 
 
+# Longer query blocks are processed QUERY_CHUNK rows at a time (rematerialised in the backward pass), so a
+# 10k-token rollout never holds a [T, S] score matrix per head: memory is O(QUERY_CHUNK * S).
+QUERY_CHUNK = 1024
+
+
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
     """Grouped-query attention: q [B, T, N, H], k and v [B, S, K, H], mask [B, T, S] bool -> [B, T, N, H].
 
     Scores and softmax in fp32 whatever the compute dtype; query heads n use kv head n // G, as HF's repeat_kv.
     """
+    t = q.shape[1]
+    if t <= QUERY_CHUNK:
+        return _attention_block(q, k, v, mask)
+    pad = -t % QUERY_CHUNK
+    q = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0)))
+    mask = jnp.pad(mask, ((0, 0), (0, pad), (0, 0)))
+
+    def split(x):  # [B, T, ...] -> [T / C, B, C, ...]
+        return x.reshape(x.shape[0], -1, QUERY_CHUNK, *x.shape[2:]).swapaxes(0, 1)
+
+    def block(args):
+        return _attention_block(args[0], k, v, args[1])
+
+    out = jax.lax.map(jax.checkpoint(block), (split(q), split(mask)))
+    return out.swapaxes(0, 1).reshape(q.shape)[:, :t]
+
+
+def _attention_block(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
     b, t, n, h = q.shape
     kv_heads = k.shape[2]
     # Heads-major operands make both einsums plain batched matmuls (~1.6x faster on XLA:CPU than [B, T, ...]).
