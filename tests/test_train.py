@@ -89,6 +89,17 @@ def test_micro_batches_match_one_batch_for_all_tokens():
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
 
 
+def test_rollout_in_groups_matches_one_group():
+    """Sampling the batch in sequential row groups changes memory, not results (greedy rollouts)."""
+    base = tiny("soft_or50", "--config.rollout.temperature=0.0")
+    one, m1 = _one_step(one_device(base))
+    grouped, m4 = _one_step(one_device(base, rollout=dataclasses.replace(base.rollout, groups=4)))
+    assert float(m4["response_tokens"]) == float(m1["response_tokens"])
+    np.testing.assert_allclose(float(m4["loss"]), float(m1["loss"]), rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(grouped.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+
+
 def test_non_finite_loss_skips_the_update():
     cfg = one_device(tiny("all"))
     s = train.setup(cfg)

@@ -82,6 +82,26 @@ def _tree_norm(tree) -> jax.Array:
     return optax.tree.norm(jax.tree.map(lambda x: x.astype(jnp.float32), tree))
 
 
+def _rollout(settings: StepSettings, params, prompt_ids, prompt_mask, rng) -> sampling.SampleOutput:
+    """n samples per prompt from the current student; with rollout.groups > 1 the rows are sampled in
+    sequential groups (lax.map), which divides the KV cache's memory by the number of groups."""
+    roll = settings.rollout
+    if settings.sampling_shardings is not None:
+        params = jax.lax.with_sharding_constraint(params, settings.sampling_shardings)
+    kwargs = dict(max_new_tokens=roll.max_new_tokens, temperature=roll.temperature, top_p=roll.top_p,
+                  top_k=roll.top_k, eos_token_id=settings.eos_ids or None, buckets=(prompt_ids.shape[1],))
+    if roll.groups == 1:
+        return sampling.generate(params, prompt_ids, prompt_mask, rng=rng, num_samples=roll.samples_per_prompt,
+                                 **kwargs)
+    ids, mask = (_split(jnp.repeat(x, roll.samples_per_prompt, axis=0), roll.groups) for x in (prompt_ids, prompt_mask))
+
+    def one_group(args):
+        return sampling.generate(params, args[0], args[1], rng=args[2], **kwargs)
+
+    out = jax.lax.map(one_group, (ids, mask, jax.random.split(rng, roll.groups)))
+    return jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), out)
+
+
 def build_step(settings: StepSettings, optimizer: optax.GradientTransformation,
                schedule: optax.Schedule) -> Callable:
     """The training step for fixed settings; see the module docstring."""
@@ -108,12 +128,7 @@ def build_step(settings: StepSettings, optimizer: optax.GradientTransformation,
         prompt_len = prompt_ids.shape[1]
 
         # 1. Rollout with the current student (resharded for decoding when a mesh asks for it).
-        sampler = params if settings.sampling_shardings is None else \
-            jax.lax.with_sharding_constraint(params, settings.sampling_shardings)
-        out = sampling.generate(
-            sampler, prompt_ids, prompt_mask, max_new_tokens=roll.max_new_tokens, temperature=roll.temperature,
-            top_p=roll.top_p, top_k=roll.top_k, eos_token_id=settings.eos_ids or None, rng=roll_key,
-            num_samples=roll.samples_per_prompt, buckets=(prompt_len,))
+        out = _rollout(settings, params, prompt_ids, prompt_mask, roll_key)
         tokens = out.tokens
         seq_mask = jnp.concatenate([jnp.repeat(prompt_mask, roll.samples_per_prompt, axis=0),
                                     out.response_mask[:, prompt_len:]], axis=1)

@@ -71,6 +71,8 @@ def validate(cfg) -> None:
                          f"{list(selection.DIVERGENCES)}")
     selection.SelectionOptions(**sel.options)
     rows = cfg.prompts_per_step * cfg.rollout.samples_per_prompt
+    if rows % cfg.rollout.groups:
+        raise ValueError(f"rollout.groups={cfg.rollout.groups} must divide prompts_per_step * samples_per_prompt = {rows}")
     if rows % cfg.micro_batches:
         raise ValueError(f"micro_batches={cfg.micro_batches} must divide prompts_per_step * samples_per_prompt = {rows}")
     if cfg.eval.every:

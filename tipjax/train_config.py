@@ -66,6 +66,7 @@ class RolloutSpec:
     top_p: float = 1.0
     top_k: int = 0
     eos_token_id: tuple[int, ...] = ()   # default: the student's config eos ids
+    groups: int = 1                  # sample the batch in this many sequential row groups: KV cache / groups
 
 
 @dataclasses.dataclass(frozen=True)
