@@ -101,7 +101,7 @@ def _prefill(model, prompt_ids, prompt_mask, max_new_tokens, cache_dtype, rng) -
     # Left padding: each row's positions start at 0 at its first real token.
     positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0).astype(jnp.int32)
     cache = model.init_cache(batch, total, dtype=cache_dtype)
-    hidden, cache = model.hidden_cached(prompt_ids, positions, cache, mask)
+    hidden, cache = model.hidden_cached(prompt_ids, positions, cache, mask, fresh=True)
     # The last column is every row's last real prompt token (left padding), so its logits predict token 1.
     next_logits = model.logits(hidden[:, -1])
     tokens = jnp.zeros((batch, total), jnp.int32).at[:, :prompt_len].set(prompt_ids)

@@ -39,6 +39,7 @@ class StepSettings:
     vocab: int                     # shared real vocabulary: both heads are sliced to it
     micro_batches: int = 1
     sampling_shardings: Any = None  # student params resharded for decoding (SAMPLING_RULES), or None
+    param_shardings: Any = None     # the storage shardings, pinned on the fp32 gradient accumulators
 
 
 def learning_rate_schedule(spec: OptimSpec, total_steps: int) -> optax.Schedule:
@@ -61,6 +62,20 @@ def build_optimizer(spec: OptimSpec, total_steps: int) -> optax.GradientTransfor
 def init_state(params, rng: jax.Array, *, optimizer: optax.GradientTransformation) -> TrainState:
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params), rng=rng,
                       skipped=jnp.zeros((), jnp.int32))
+
+
+def state_shardings(params, optimizer: optax.GradientTransformation, mesh) -> TrainState:
+    """TrainState of NamedShardings: optimizer moments sharded like their parameters, scalars replicated.
+
+    (Read off explicitly: XLA would replicate the zeros that optimizer.init returns.)
+    """
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    param_shardings = jax.tree.map(lambda x: x.sharding, params)
+    abstract_opt = jax.eval_shape(optimizer.init, params)
+    opt_shardings = optax.tree_map_params(optimizer, lambda _, sharding: sharding, abstract_opt, param_shardings,
+                                          transform_non_params=lambda _: replicated)
+    return TrainState(step=replicated, params=param_shardings, opt_state=opt_shardings, rng=replicated,
+                      skipped=replicated)
 
 
 def sequence_positions(mask: jax.Array) -> jax.Array:
@@ -86,6 +101,9 @@ def _rollout(settings: StepSettings, params, prompt_ids, prompt_mask, rng) -> sa
     """n samples per prompt from the current student; with rollout.groups > 1 the rows are sampled in
     sequential groups (lax.map), which divides the KV cache's memory by the number of groups."""
     roll = settings.rollout
+    # Decoding computes in the compute dtype anyway; a copy in that dtype halves the resharded weights (fp32 master).
+    compute = jnp.dtype(params.config.compute_dtype)
+    params = jax.tree.map(lambda p: p.astype(compute) if jnp.issubdtype(p.dtype, jnp.floating) else p, params)
     if settings.sampling_shardings is not None:
         params = jax.lax.with_sharding_constraint(params, settings.sampling_shardings)
     kwargs = dict(max_new_tokens=roll.max_new_tokens, temperature=roll.temperature, top_p=roll.top_p,
@@ -150,6 +168,8 @@ def build_step(settings: StepSettings, optimizer: optax.GradientTransformation,
 
         # fp32 accumulators, whatever the parameter dtype.
         zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+        if settings.param_shardings is not None:
+            zeros = jax.lax.with_sharding_constraint(zeros, settings.param_shardings)
         (grads, loss_sum, weight_sum), mb_metrics = jax.lax.scan(
             accumulate, (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32)), xs)
         scale = 1.0 / jnp.maximum(weight_sum, 1.0)

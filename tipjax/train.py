@@ -173,15 +173,13 @@ def setup(cfg, *, abstract: bool = False) -> Setup:
         sampling_shardings = models.model_shardings(student, mesh, models.SAMPLING_RULES)
     settings = step_lib.StepSettings(rollout=cfg.rollout, selection=cfg.selection,
                                      eos_ids=tuple(int(e) for e in eos), vocab=vocab,
-                                     micro_batches=cfg.micro_batches, sampling_shardings=sampling_shardings)
+                                     micro_batches=cfg.micro_batches, sampling_shardings=sampling_shardings,
+                                     param_shardings=models.model_shardings(student, mesh, models.STORAGE_RULES))
     optimizer = step_lib.build_optimizer(cfg.optim, cfg.total_steps)
     schedule = step_lib.learning_rate_schedule(cfg.optim, cfg.total_steps)
 
     init = functools.partial(step_lib.init_state, optimizer=optimizer)
-    abstract_student = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), student)
-    key = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
-    # The optimizer state's shardings follow the parameters'; read them off the compiled init.
-    state_shardings = jax.jit(init).lower(abstract_student, key).compile().output_shardings
+    state_shardings = step_lib.state_shardings(student, optimizer, mesh)
     batch = models.batch_sharding(mesh)
     step_fn = jax.jit(step_lib.build_step(settings, optimizer, schedule),
                       in_shardings=(state_shardings, models.model_shardings(teacher, mesh), batch, batch),
