@@ -1,7 +1,7 @@
 """The OPD trainer on the tiny config: learning, one compiled program, mesh equivalence, bad input."""
 
 import dataclasses
-import json
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -67,37 +67,34 @@ def _one_step(cfg):
     return state, metrics
 
 
-def test_fake_mesh_step_equals_single_device():
-    # Greedy rollouts, so tiny float differences between shardings cannot flip a sampled token.
-    base = tiny("soft_or50", "--config.rollout.temperature=0.0", "--config.prompts_per_step=4")
-    single, m1 = _one_step(one_device(base))
-    sharded, m8 = _one_step(dataclasses.replace(base, mesh=train_config.MeshSpec(data=2, fsdp=2, tensor=2)))
-    spec = tuple(sharded.params.blocks.wq.sharding.spec)
-    assert spec + (None,) * (4 - len(spec)) == (None, "fsdp", "tensor", None)  # layers, embed, q_heads, head_dim
-    np.testing.assert_allclose(float(m8["loss"]), float(m1["loss"]), rtol=1e-5)
-    for a, b in zip(jax.tree.leaves(single.params), jax.tree.leaves(sharded.params)):
+@functools.lru_cache(maxsize=None)
+def _greedy_baseline(variant):
+    # Greedy rollouts, so tiny float differences between layouts cannot flip a sampled token.
+    base = tiny(variant, "--config.rollout.temperature=0.0")
+    return base, _one_step(one_device(base))
+
+
+@pytest.mark.parametrize("variant, change", [
+    ("soft_or50", "mesh 2x2x2"),      # fake 8-device mesh (data x fsdp x tensor) vs one device
+    ("all", "micro_batches 4"),       # gradient accumulation over micro-batches vs one batch (token mean)
+    ("soft_or50", "rollout groups 4"),  # sampling in sequential row groups vs all rows at once
+])
+def test_step_layouts_equal_the_single_device_step(variant, change):
+    base, (ref_state, ref_metrics) = _greedy_baseline(variant)
+    if change == "mesh 2x2x2":
+        cfg = dataclasses.replace(base, mesh=train_config.MeshSpec(data=2, fsdp=2, tensor=2))
+    elif change == "micro_batches 4":
+        cfg = one_device(base, micro_batches=4)
+    else:
+        cfg = one_device(base, rollout=dataclasses.replace(base.rollout, groups=4))
+    state, metrics = _one_step(cfg)
+    if change == "mesh 2x2x2":
+        spec = tuple(state.params.blocks.wq.sharding.spec)
+        assert spec + (None,) * (4 - len(spec)) == (None, "fsdp", "tensor", None)  # layers, embed, q_heads, head_dim
+    assert float(metrics["response_tokens"]) == float(ref_metrics["response_tokens"])
+    np.testing.assert_allclose(float(metrics["loss"]), float(ref_metrics["loss"]), rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(ref_state.params), jax.tree.leaves(state.params)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
-
-
-def test_micro_batches_match_one_batch_for_all_tokens():
-    """Gradient accumulation over micro-batches gives the same update as one batch (token-mean loss)."""
-    base = tiny("all", "--config.rollout.temperature=0.0")
-    one, m1 = _one_step(one_device(base))
-    four, m4 = _one_step(one_device(base, micro_batches=4))
-    np.testing.assert_allclose(float(m4["loss"]), float(m1["loss"]), rtol=1e-5)
-    for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(four.params)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
-
-
-def test_rollout_in_groups_matches_one_group():
-    """Sampling the batch in sequential row groups changes memory, not results (greedy rollouts)."""
-    base = tiny("soft_or50", "--config.rollout.temperature=0.0")
-    one, m1 = _one_step(one_device(base))
-    grouped, m4 = _one_step(one_device(base, rollout=dataclasses.replace(base.rollout, groups=4)))
-    assert float(m4["response_tokens"]) == float(m1["response_tokens"])
-    np.testing.assert_allclose(float(m4["loss"]), float(m1["loss"]), rtol=1e-6)
-    for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(grouped.params)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
 
 
 def test_non_finite_loss_skips_the_update():
