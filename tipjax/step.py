@@ -40,6 +40,7 @@ class StepSettings:
     micro_batches: int = 1
     sampling_shardings: Any = None  # student params resharded for decoding (SAMPLING_RULES), or None
     param_shardings: Any = None     # the storage shardings, pinned on the fp32 gradient accumulators
+    split_sharding: Any = None      # [parts, rows, ...] arrays: rows over (data, fsdp)
 
 
 def learning_rate_schedule(spec: OptimSpec, total_steps: int) -> optax.Schedule:
@@ -89,8 +90,19 @@ def _response_hidden(model, tokens, seq_mask, prompt_len):
     return hidden[:, prompt_len - 1:-1]
 
 
-def _split(x: jax.Array, parts: int) -> jax.Array:
-    return x.reshape(parts, x.shape[0] // parts, *x.shape[1:])
+def _split(x: jax.Array, parts: int, sharding) -> jax.Array:
+    """[B, ...] -> [parts, B / parts, ...] with a stride (part j holds rows j, j + parts, ...).
+
+    Rows are sharded in contiguous blocks over (data, fsdp); the stride gives every part rows from every
+    block, so each micro-batch (or rollout group) stays spread over all devices instead of landing on one.
+    """
+    out = x.reshape(x.shape[0] // parts, parts, *x.shape[1:]).swapaxes(0, 1)
+    return out if sharding is None else jax.lax.with_sharding_constraint(out, sharding)
+
+
+def _merge(x: jax.Array) -> jax.Array:
+    """Inverse of _split: [parts, B / parts, ...] -> [B, ...] in the original row order."""
+    return x.swapaxes(0, 1).reshape(-1, *x.shape[2:])
 
 
 def _tree_norm(tree) -> jax.Array:
@@ -111,13 +123,14 @@ def _rollout(settings: StepSettings, params, prompt_ids, prompt_mask, rng) -> sa
     if roll.groups == 1:
         return sampling.generate(params, prompt_ids, prompt_mask, rng=rng, num_samples=roll.samples_per_prompt,
                                  **kwargs)
-    ids, mask = (_split(jnp.repeat(x, roll.samples_per_prompt, axis=0), roll.groups) for x in (prompt_ids, prompt_mask))
+    ids, mask = (_split(jnp.repeat(x, roll.samples_per_prompt, axis=0), roll.groups, settings.split_sharding)
+                 for x in (prompt_ids, prompt_mask))
 
     def one_group(args):
         return sampling.generate(params, args[0], args[1], rng=args[2], **kwargs)
 
     out = jax.lax.map(one_group, (ids, mask, jax.random.split(rng, roll.groups)))
-    return jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), out)
+    return jax.tree.map(_merge, out)
 
 
 def build_step(settings: StepSettings, optimizer: optax.GradientTransformation,
@@ -155,7 +168,8 @@ def build_step(settings: StepSettings, optimizer: optax.GradientTransformation,
 
         # 2-4. Teacher scoring and the student's TIP loss, micro-batch by micro-batch, gradients accumulated.
         m = settings.micro_batches
-        xs = (_split(tokens, m), _split(seq_mask, m), _split(resp_mask, m), jax.random.split(select_key, m))
+        xs = tuple(_split(x, m, settings.split_sharding) for x in (tokens, seq_mask, resp_mask))
+        xs += (jax.random.split(select_key, m),)
 
         def accumulate(carry, x):
             grads, loss_sum, weight_sum = carry

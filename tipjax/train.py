@@ -174,7 +174,9 @@ def setup(cfg, *, abstract: bool = False) -> Setup:
     settings = step_lib.StepSettings(rollout=cfg.rollout, selection=cfg.selection,
                                      eos_ids=tuple(int(e) for e in eos), vocab=vocab,
                                      micro_batches=cfg.micro_batches, sampling_shardings=sampling_shardings,
-                                     param_shardings=models.model_shardings(student, mesh, models.STORAGE_RULES))
+                                     param_shardings=models.model_shardings(student, mesh, models.STORAGE_RULES),
+                                     split_sharding=jax.sharding.NamedSharding(
+                                         mesh, jax.sharding.PartitionSpec(None, ("data", "fsdp"))))
     optimizer = step_lib.build_optimizer(cfg.optim, cfg.total_steps)
     schedule = step_lib.learning_rate_schedule(cfg.optim, cfg.total_steps)
 
