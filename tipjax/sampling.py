@@ -12,7 +12,7 @@ the model's fp32 next-token logits z:
 - top_p = p < 1: on the distribution left after temperature and top-k, keep the smallest set of most
   probable tokens whose total probability reaches p: token i survives iff the mass of the tokens strictly
   more probable than it is < p (so the most probable token always survives; ties survive together).
-- draw from the renormalised survivors.
+- draw from the renormalised survivors (inverse CDF: one uniform number per row).
 
 `out.logprobs` holds log p(token) under the model's *unmodified* distribution (temperature 1, no
 filtering): the quantity the trainer's student forward reproduces.
@@ -85,7 +85,21 @@ def sample_logits(rng: jax.Array, logits: jax.Array, *, temperature: float, top_
         n_keep = jnp.sum(mass_before < top_p, axis=-1, keepdims=True)
         threshold = jnp.take_along_axis(sorted_probs, n_keep - 1, axis=-1)
         logits = jnp.where(probs >= threshold, logits, neg_inf)
-    return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+    return _inverse_cdf(rng, logits)
+
+
+def _inverse_cdf(rng: jax.Array, logits: jax.Array) -> jax.Array:
+    """One uniform draw per row against the cumulative distribution -> [B] int32.
+
+    Exact sampling, like Gumbel-max, but with B random numbers per step instead of B * V.
+    """
+    probs = jax.nn.softmax(logits, axis=-1)
+    cdf = jnp.cumsum(probs, axis=-1)
+    u = jax.random.uniform(rng, logits.shape[:-1] + (1,)) * cdf[..., -1:]
+    token = jnp.sum(cdf <= u, axis=-1)
+    # Rounding can put u at the very top of the cdf: fall back to the last token with any mass.
+    last = logits.shape[-1] - 1 - jnp.argmax((probs > 0)[..., ::-1], axis=-1)
+    return jnp.minimum(token, last).astype(jnp.int32)
 
 
 def _is_eos(tokens: jax.Array, eos_ids: tuple[int, ...]) -> jax.Array:
