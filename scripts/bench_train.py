@@ -270,35 +270,11 @@ def throughput(args) -> dict:
 
 # --- part 2: dry-run memory ---------------------------------------------------------------------------------
 
-# Used only when configs/opd_qwen3_8b_to_4b.py is absent; otherwise that file's settings are measured.
-FALLBACK_SETTINGS = dict(prompts=8, samples=16, prompt_len=2048, new_tokens=8192, data=1, fsdp=4, tensor=2,
-                         remat="full", dtype="bfloat16")
-
-
-def fallback_overrides(m: dict) -> list[str]:
-    rows = m["prompts"] * m["samples"]
-    shards = m["data"] * m["fsdp"]
-    return [f"--config.prompts_per_step={m['prompts']}", f"--config.rollout.samples_per_prompt={m['samples']}",
-            f"--config.data.max_prompt_len={m['prompt_len']}", f"--config.rollout.max_new_tokens={m['new_tokens']}",
-            f"--config.mesh.data={m['data']}", f"--config.mesh.fsdp={m['fsdp']}",
-            f"--config.mesh.tensor={m['tensor']}", f"--config.micro_batches={rows // shards}",
-            "--config.selection.chunk_size=512",
-            *(f"--config.{who}.{k}={v}" for who in ("student", "teacher")
-              for k, v in (("remat", m["remat"]), ("param_dtype", m["dtype"]), ("compute_dtype", m["dtype"])))]
-
-
 def memory_config(variant: str, overrides: list[str]):
     from tipjax import config as tcfg
-    from tipjax.train_config import TrainConfig, apply_variant, config_dict
+    from tipjax.train_config import TrainConfig
 
-    if MEMORY_CONFIG.is_file():
-        c = tcfg.load_config(f"{MEMORY_CONFIG}:{variant}", overrides)
-    else:
-        c = config_dict()
-        c.student.preset, c.teacher.preset = "Qwen3-4B", "Qwen3-8B"
-        apply_variant(c, variant)
-        tcfg.apply_overrides(c, fallback_overrides(FALLBACK_SETTINGS) + overrides)
-    return tcfg.to_dataclass(c, TrainConfig)
+    return tcfg.to_dataclass(tcfg.load_config(f"{MEMORY_CONFIG}:{variant}", overrides), TrainConfig)
 
 
 def dry_run_child(variant: str, overrides: list[str]) -> None:
@@ -333,7 +309,7 @@ def dry_run_child(variant: str, overrides: list[str]) -> None:
         "prompts": cfg.prompts_per_step, "samples": cfg.rollout.samples_per_prompt,
         "prompt_len": cfg.data.max_prompt_len, "new_tokens": cfg.rollout.max_new_tokens,
         "mesh": dict(s.mesh.shape), "micro_batches": cfg.micro_batches,
-        "rollout_groups": getattr(cfg.rollout, "groups", 1), "chunk_size": cfg.selection.chunk_size,
+        "rollout_groups": cfg.rollout.groups, "chunk_size": cfg.selection.chunk_size,
         "student_dtype": f"{cfg.student.param_dtype} params / {cfg.student.compute_dtype} compute",
         "teacher_dtype": f"{cfg.teacher.param_dtype} params / {cfg.teacher.compute_dtype} compute",
         "remat": cfg.student.remat, "rows": rows}
@@ -342,7 +318,7 @@ def dry_run_child(variant: str, overrides: list[str]) -> None:
     kv_bytes = jax.numpy.dtype(c.compute_dtype).itemsize
     report["kv_cache_gib_per_device"] = (
         2 * c.num_layers * c.num_kv_heads * c.head_dim * (cfg.data.max_prompt_len + cfg.rollout.max_new_tokens)
-        * rows / shards / max(1, getattr(cfg.rollout, "groups", 1)) * kv_bytes
+        * rows / shards / cfg.rollout.groups * kv_bytes
         / min(s.mesh.shape["tensor"], c.num_kv_heads) / 2**30)
     report["largest_temporaries"] = largest_temporaries(os.environ.get("BENCH_XLA_DUMP"))
     print("BENCH_JSON " + json.dumps(report))
@@ -386,12 +362,10 @@ def memory(args) -> dict:
     rows = []
     for variant, overrides in runs:
         overrides = extra + overrides
-        if overrides and "groups" in " ".join(overrides) and not _has_groups():
-            continue
         cmd = [sys.executable, str(Path(__file__).resolve()), f"--_dry_run_child={variant}",
                f"--_overrides={json.dumps(overrides)}"]
         cli = (f"python -m tipjax.train --config=configs/{MEMORY_CONFIG.name}:{variant} --dry_run --devices=8 "
-               + " ".join(overrides)).strip() if MEMORY_CONFIG.is_file() else None
+               + " ".join(overrides)).strip()
         dump = tempfile.mkdtemp(prefix="bench_train_xla_")
         env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_dump_to={dump}".strip(),
                    BENCH_XLA_DUMP=dump)
@@ -423,16 +397,9 @@ def memory(args) -> dict:
                   f"temp {p['temporaries']:.2f} peak {p['peak_estimate']:.2f} GiB/device "
                   f"(compile {report['compile_s']} s, wall {wall:.0f} s)", flush=True)
         rows.append(row)
-    return {"config": str(MEMORY_CONFIG.relative_to(ROOT)) if MEMORY_CONFIG.is_file() else None,
-            "fallback_settings": None if MEMORY_CONFIG.is_file() else FALLBACK_SETTINGS,
+    return {"config": str(MEMORY_CONFIG.relative_to(ROOT)),
             "command": " ".join(["python scripts/bench_train.py", *args.argv]), "rows": rows,
             "tipjax_commit": _git_revision()}
-
-
-def _has_groups() -> bool:
-    from tipjax.train_config import RolloutSpec
-
-    return "groups" in {f.name for f in dataclasses.fields(RolloutSpec)}
 
 
 def _git_revision() -> str:
