@@ -45,14 +45,14 @@ def left_padded(rows, pad=0):
 PROMPTS = [[5, 17, 33, 2, 90, 41, 7], [12, 8], [100, 3, 66, 66, 21], [9]]
 
 
-@pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_greedy_matches_transformers(tmp_path, family):
+@pytest.mark.parametrize("family, segments", [("llama", None), ("qwen2", None), ("qwen3", None), ("qwen3", 5)])
+def test_greedy_matches_transformers(tmp_path, family, segments):
     hf, path = tiny_hf(tmp_path, family)
     model = models.load_hf(path, dtype=jnp.float32)
     ids, mask = left_padded(PROMPTS)
     eos, new = 7, 24
     out = sampling.generate(model, ids, mask, max_new_tokens=new, temperature=0.0, eos_token_id=eos,
-                            rng=jax.random.key(0))
+                            rng=jax.random.key(0), segments=segments)
     with torch.no_grad():
         ref = hf.generate(torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask),
                           max_new_tokens=new, do_sample=False, eos_token_id=eos, pad_token_id=eos).numpy()
@@ -67,6 +67,13 @@ def test_greedy_matches_transformers(tmp_path, family):
         theirs = theirs[:hits[0] + 1] if hits.size else theirs
         np.testing.assert_array_equal(ours, theirs, err_msg=f"row {b}")
         assert resp[b, tp:tp + n].all() and not resp[b, tp + n:].any()
+
+
+def test_segment_ends_cover_every_step_once():
+    assert sampling.segment_ends(24, 5) == (5, 10, 15, 20, 24)
+    assert sampling.segment_ends(100) == (100,)
+    assert sampling.segment_ends(8192) == (2048, 4096, 6144, 8192)
+    assert sampling.segment_ends(3, 10) == (1, 2, 3)
 
 
 def test_eos_masks_and_multiple_eos(tmp_path):

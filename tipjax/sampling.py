@@ -126,10 +126,31 @@ def _prefill(model, prompt_ids, prompt_mask, max_new_tokens, cache_dtype, rng) -
         next_logits=next_logits, cache=cache, rng=rng)
 
 
+def segment_ends(max_new_tokens: int, segments: int | None = None) -> tuple[int, ...]:
+    """Where the decode loop's segments end. Segment j attends over prompt + ends[j] cache slots only.
+
+    Default: one segment per 256 new tokens, at most 4 (each segment is its own compiled loop body).
+    """
+    if segments is None:
+        segments = min(4, -(-max_new_tokens // 256))
+    segments = max(1, min(segments, max_new_tokens))
+    return tuple(-(-max_new_tokens * (j + 1) // segments) for j in range(segments))
+
+
 def _decode_loop(model, state: SamplerState, *, prompt_len, max_new_tokens, temperature, top_k, top_p,
-                 eos_ids, pad_id) -> SamplerState:
+                 eos_ids, pad_id, segments=None) -> SamplerState:
+    # Segments: a sequence of while loops whose attention window grows, so early tokens of a long rollout
+    # do not read the unwritten end of the KV cache. Each stops early when every row has finished.
+    for end in segment_ends(max_new_tokens, segments):
+        state = _decode_segment(model, state, end=end, window=prompt_len + end, prompt_len=prompt_len,
+                                temperature=temperature, top_k=top_k, top_p=top_p, eos_ids=eos_ids, pad_id=pad_id)
+    return state
+
+
+def _decode_segment(model, state: SamplerState, *, end, window, prompt_len, temperature, top_k, top_p,
+                    eos_ids, pad_id) -> SamplerState:
     def cond(s: SamplerState):
-        return (s.step < max_new_tokens) & ~jnp.all(s.done)
+        return (s.step < end) & ~jnp.all(s.done)
 
     def body(s: SamplerState) -> SamplerState:
         rng, key = jax.random.split(s.rng)
@@ -142,7 +163,8 @@ def _decode_loop(model, state: SamplerState, *, prompt_len, max_new_tokens, temp
         response_mask = jax.lax.dynamic_update_slice(s.response_mask, live.astype(jnp.int32)[:, None], (0, col))
         logprobs = jax.lax.dynamic_update_slice(s.logprobs, jnp.where(live, logprob, 0.0)[:, None], (0, col))
         done = s.done | (live & _is_eos(token, eos_ids))
-        hidden, cache = model.hidden_cached(token[:, None], s.positions[:, None], s.cache, live[:, None])
+        hidden, cache = model.hidden_cached(token[:, None], s.positions[:, None], s.cache, live[:, None],
+                                            window=window)
         return SamplerState(
             step=s.step + 1, tokens=tokens, response_mask=response_mask, logprobs=logprobs, done=done,
             positions=s.positions + 1, next_logits=model.logits(hidden[:, 0]), cache=cache, rng=rng)
@@ -156,7 +178,7 @@ def _jit_prefill(model, prompt_ids, prompt_mask, rng, *, max_new_tokens, cache_d
 
 
 @functools.partial(jax.jit, static_argnames=("prompt_len", "max_new_tokens", "temperature", "top_k", "top_p",
-                                              "eos_ids", "pad_id"), donate_argnums=(1,))
+                                              "eos_ids", "pad_id", "segments"), donate_argnums=(1,))
 def _jit_decode(model, state, **settings):
     return _decode_loop(model, state, **settings)
 
@@ -188,7 +210,7 @@ def generate(model, prompt_ids: jax.Array, prompt_mask: jax.Array, *, max_new_to
              temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
              eos_token_id: int | Sequence[int] | None = None, rng: jax.Array,
              num_samples: int = 1, pad_token_id: int | None = None, buckets: Sequence[int] | None = None,
-             cache_dtype=None) -> SampleOutput:
+             cache_dtype=None, segments: int | None = None) -> SampleOutput:
     """Samples max_new_tokens per row with a KV cache; rows stop at their first EOS.
 
     Args:
@@ -198,6 +220,7 @@ def generate(model, prompt_ids: jax.Array, prompt_mask: jax.Array, *, max_new_to
       pad_token_id: filler after a row's EOS (default: the first EOS id, else 0).
       buckets: prompt length buckets (default powers of two up to 32768); Tp is left padded up to its bucket
         for the compiled program and the output is sliced back to Tp + max_new_tokens columns.
+      segments: decode-loop segments with growing attention windows (see `segment_ends`; default automatic).
     Returns: SampleOutput with [B * num_samples, Tp + max_new_tokens] arrays.
     """
     prompt_ids, prompt_mask = jnp.asarray(prompt_ids, jnp.int32), jnp.asarray(prompt_mask, jnp.int32)
@@ -217,7 +240,7 @@ def generate(model, prompt_ids: jax.Array, prompt_mask: jax.Array, *, max_new_to
                          cache_dtype=cache_dtype)
     state = _jit_decode(model, state, prompt_len=bucket, max_new_tokens=max_new_tokens,
                         temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
-                        eos_ids=eos_ids, pad_id=pad_id)
+                        eos_ids=eos_ids, pad_id=pad_id, segments=segments)
     tokens = state.tokens.at[:, bucket:].set(jnp.where(state.response_mask[:, bucket:] > 0,
                                                        state.tokens[:, bucket:], pad_id))
     lengths = jnp.sum(state.response_mask, axis=1)

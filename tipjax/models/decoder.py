@@ -111,7 +111,8 @@ class Decoder(nnx.Module):
         return self._final_norm(x)
 
     def hidden_cached(self, tokens: jax.Array, positions: jax.Array, cache: KVCache,
-                      token_mask: jax.Array, *, fresh: bool = False) -> tuple[jax.Array, KVCache]:
+                      token_mask: jax.Array, *, fresh: bool = False,
+                      window: int | None = None) -> tuple[jax.Array, KVCache]:
         """Runs T new tokens [B, T] at positions [B, T] against the cache -> (hidden [B, T, D], new cache).
 
         Their keys/values go to slots [cache.index, cache.index + T) with cache.mask there = token_mask [B, T];
@@ -120,6 +121,8 @@ class Decoder(nnx.Module):
 
         fresh=True promises an empty cache (index 0): attention then runs over the T new keys only, not all S
         slots, which keeps a long-rollout prefill's scores at [T, T] instead of [T, S].
+        window (static) promises that every query's slot is < window: attention reads only slots [0, window),
+        so a decode step early in a long rollout does not pay for the unwritten end of the cache.
         """
         t = tokens.shape[1]
         index = cache.index
@@ -127,16 +130,17 @@ class Decoder(nnx.Module):
         if fresh:
             mask = token_mask.astype(jnp.bool_)[:, None, :] & jnp.tril(jnp.ones((t, t), jnp.bool_))[None]
         else:
-            slots = jnp.arange(cache.max_len)
-            causal = slots[None, :] <= (index + jnp.arange(t))[:, None]  # [T, S]
-            mask = kv_mask[:, None, :] & causal[None]
+            window = window or cache.max_len
+            slots = jnp.arange(window)
+            causal = slots[None, :] <= (index + jnp.arange(t))[:, None]  # [T, W]
+            mask = kv_mask[:, None, :window] & causal[None]
 
         # The whole cache rides in the scan carry and is updated in place per layer (no per-step copy of
         # all L layers' keys/values when the cache is donated).
         def step(carry, xs):
             x, k, v = carry
             blk, layer = xs
-            x, (k, v) = self._block(blk, x, positions, mask, (k, v, layer, index, fresh))
+            x, (k, v) = self._block(blk, x, positions, mask, (k, v, layer, index, fresh, window))
             return (x, k, v), None
 
         layers = jnp.arange(self.config.num_layers)
@@ -173,9 +177,10 @@ class Decoder(nnx.Module):
     def _block(self, blk: Blocks, x: jax.Array, positions: jax.Array, mask: jax.Array, cache=None):
         """One transformer block on x [B, T, D] with mask [B, T, S].
 
-        cache = (k [L, B, S, K, H], v, layer, index, fresh) or None. Returns (x, (k, v)): the whole cache with
+        cache = (k [L, B, S, K, H], v, layer, index, fresh, window) or None. Returns (x, (k, v)): the whole cache with
         this layer's T new keys/values written at slots [index, index + T) when cache is given, else the new k, v.
-        With fresh (an empty cache) the attention uses the new keys/values only (mask [B, T, T]).
+        With fresh (an empty cache) the attention uses the new keys/values only (mask [B, T, T]); otherwise the
+        first `window` slots (mask [B, T, window]).
         """
         cfg = self.config
 
@@ -197,11 +202,11 @@ class Decoder(nnx.Module):
         if cache is None:
             keys, values = k, v
         else:
-            k_all, v_all, layer, index, fresh = cache
+            k_all, v_all, layer, index, fresh, window = cache
             new_k, new_v = k, v
             k = jax.lax.dynamic_update_slice(k_all, k[None].astype(k_all.dtype), (layer, 0, index, 0, 0))
             v = jax.lax.dynamic_update_slice(v_all, v[None].astype(v_all.dtype), (layer, 0, index, 0, 0))
-            keys, values = (new_k, new_v) if fresh else (k[layer], v[layer])
+            keys, values = (new_k, new_v) if fresh else (k[layer, :, :window], v[layer, :, :window])
         attn = ops.attention(q, keys.astype(q.dtype), values.astype(q.dtype), mask)
         x = x + jnp.einsum("BTNH,NHD->BTD", attn, w(blk.wo))
         h = ops.rms_norm(x, w(blk.mlp_norm), cfg.rms_norm_eps)
