@@ -14,7 +14,7 @@ from tipjax import export
 
 ROOT = Path(__file__).resolve().parents[1]
 ARGS = ["--config=configs/tiny.py:soft_or50", "--config.total_steps=40", "--config.checkpoint.every=4",
-        "--config.checkpoint.async_save=False"]
+        "--config.checkpoint.async_save=True"]
 
 
 def _command(workdir):
