@@ -37,5 +37,5 @@ def get_config(arg=None):
     c.prompts_per_step = 4
     c.total_steps = 30
     c.checkpoint.every = 10
-    c.checkpoint.async_save = False
+    c.timing_every = 10
     return apply_variant(c, arg)

@@ -36,6 +36,8 @@ def test_loss_falls_on_fresh_rollouts(tmp_path, variant):
     expected_kept = train_config.VARIANTS[variant][1]
     assert abs(rows[-1]["kept_fraction"] - expected_kept) < 0.1
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["14", "7"]
+    timed = [r for r in rows if "rollout_tokens_per_s" in r]  # configs/tiny.py: timing_every = 10
+    assert [r["step"] for r in timed] == [10] and timed[0]["rollout_tokens_per_s"] > timed[0]["tokens_per_s"]
     assert list((tmp_path / "tensorboard").iterdir())
 
 

@@ -133,6 +133,17 @@ def _rollout(settings: StepSettings, params, prompt_ids, prompt_mask, rng) -> sa
     return jax.tree.map(_merge, out)
 
 
+def build_rollout(settings: StepSettings) -> Callable:
+    """The step's rollout alone, `(state, prompt_ids, prompt_mask) -> response lengths [B]`: the same samples
+    the next step will draw, for timing rollout and update separately (the step itself is one program)."""
+
+    def rollout(state: TrainState, prompt_ids: jax.Array, prompt_mask: jax.Array) -> jax.Array:
+        _, roll_key, _ = jax.random.split(state.rng, 3)
+        return _rollout(settings, state.params, prompt_ids, prompt_mask, roll_key).lengths
+
+    return rollout
+
+
 def build_step(settings: StepSettings, optimizer: optax.GradientTransformation,
                schedule: optax.Schedule) -> Callable:
     """The training step for fixed settings; see the module docstring."""

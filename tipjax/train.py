@@ -147,6 +147,7 @@ class Setup:
     teacher: object
     tokenizer: object
     step_fn: object
+    rollout_fn: object
     init_fn: object
     state_shardings: object
     batch_sharding: object
@@ -186,8 +187,9 @@ def setup(cfg, *, abstract: bool = False) -> Setup:
     step_fn = jax.jit(step_lib.build_step(settings, optimizer, schedule),
                       in_shardings=(state_shardings, models.model_shardings(teacher, mesh), batch, batch),
                       out_shardings=(state_shardings, None), donate_argnums=(0,))
+    rollout_fn = jax.jit(step_lib.build_rollout(settings), in_shardings=(state_shardings, batch, batch))
     init_fn = jax.jit(init, out_shardings=state_shardings)
-    return Setup(cfg, mesh, student, teacher, student_tok, step_fn, init_fn, state_shardings, batch,
+    return Setup(cfg, mesh, student, teacher, student_tok, step_fn, rollout_fn, init_fn, state_shardings, batch,
                  settings.eos_ids)
 
 
@@ -256,17 +258,29 @@ def train(cfg, workdir: str | Path, *, max_steps: int = 0) -> dict:
     start = int(state.step)
     end = cfg.total_steps if not max_steps else min(cfg.total_steps, start + max_steps)
     last = {}
+    rollout_compiled = False
     bar = tqdm(range(start, end), initial=start, total=cfg.total_steps, disable=not primary, desc="train")
     for step in bar:
         batch = next(source)
         ids, mask = (jax.make_array_from_process_local_data(s.batch_sharding, batch[k])
                      for k in ("prompt_ids", "prompt_mask"))
+        timing = cfg.timing_every and (step + 1) % cfg.timing_every == 0
+        if timing:  # the rollout alone, on the same prompts and rng as the step below
+            if not rollout_compiled:
+                jax.block_until_ready(s.rollout_fn(state, ids, mask))
+                rollout_compiled = True
+            t0 = time.perf_counter()
+            jax.block_until_ready(s.rollout_fn(state, ids, mask))
+            rollout_seconds = time.perf_counter() - t0
         t0 = time.perf_counter()
         state, metrics = s.step_fn(state, s.teacher, ids, mask)
         metrics = jax.device_get(metrics)
         seconds = time.perf_counter() - t0
-        metrics.update(step_seconds=seconds, tokens_per_s=float(metrics["response_tokens"]) / seconds,
-                       **_peak_memory())
+        tokens = float(metrics["response_tokens"])
+        metrics.update(step_seconds=seconds, tokens_per_s=tokens / seconds, **_peak_memory())
+        if timing:
+            metrics.update(rollout_tokens_per_s=tokens / rollout_seconds,
+                           update_tokens_per_s=tokens / max(seconds - rollout_seconds, 1e-9))
         last = logbook.write(step + 1, metrics)
         bar.set_postfix(metrics_log.console_summary(last))
         if cfg.eval.every and (step + 1) % cfg.eval.every == 0:

@@ -135,6 +135,7 @@ class TrainConfig:
     micro_batches: int = 1           # lax.scan over micro-batches with gradient accumulation
     seed: int = 0
     log_every: int = 1
+    timing_every: int = 50           # every N steps also time the rollout alone: rollout vs update tokens/s
     notes: str = ""
     extra: dict = dataclasses.field(default_factory=dict)
 
