@@ -514,13 +514,16 @@ def write_docs(result: dict) -> None:
                 parts.append(f"Largest temporaries ({rule_name(r)}{', ' + ' '.join(key) if key else ''}; XLA "
                              f"buffer assignment, GiB): {items}.\n")
         plain = [r for r in ok if not r.get("overrides")]
-        if len(plain) > 1 and len({round(r["per_device_gib"]["peak_estimate"], 2) for r in plain}) == 1:
+        if len(plain) > 1 and len({round(r["per_device_gib"]["peak_estimate"], 1) for r in plain}) == 1:
             parts.append(
                 "\nEvery rule compiles to the same peak: tipjax computes the divergence in position chunks from "
                 "gathered hidden states, so no [B, T, V] logits exist even for all-token training, and the peak is "
                 "set by rule-independent buffers (the rollout KV cache and prefill scores, the update's attention "
                 "and saved layer inputs), listed above. The paper's 47% saving came from full-length logits that "
-                "tipjax never materialises.\n")
+                "tipjax never materialises. On the CPU backend XLA also upcasts bf16 matmul operands to f32 (the "
+                "f32 weight copies above), which a GPU/TPU compile does not, so these figures are upper bounds. "
+                "`rollout.groups=8` (the 128 rows sampled in 8 sequential groups) halves the peak, at the price of a "
+                "smaller decode batch.\n")
         parts.append(
             "\nThe paper's numbers are `torch.cuda.max_memory_allocated` per H200 with FSDP parameter and optimizer "
             "offload, remove-padding and an SGLang rollout engine (PAPER.md section 7); its q3@0.1 figure is from "

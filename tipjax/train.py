@@ -130,9 +130,9 @@ def build_model(spec, mesh, *, abstract: bool):
 
     cfg = model_config(spec)
     if abstract:
-        shardings = models.model_shardings(models.abstract(cfg), mesh, models.STORAGE_RULES)
-        return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                            models.abstract(cfg), shardings)
+        shapes = models.abstract(cfg)
+        shardings = models.model_shardings(shapes, mesh, models.STORAGE_RULES)
+        return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings)
     if spec.path is not None:
         return models.load_hf(spec.path, dtype=cfg.param_dtype, compute_dtype=cfg.compute_dtype, mesh=mesh,
                               rules=models.STORAGE_RULES, remat=cfg.remat)
@@ -141,7 +141,8 @@ def build_model(spec, mesh, *, abstract: bool):
 
 @dataclasses.dataclass
 class Setup:
-    cfg: object
+    """What the loop, the dry run and the tests need from start-up."""
+
     mesh: object
     student: object
     teacher: object
@@ -169,27 +170,27 @@ def setup(cfg, *, abstract: bool = False) -> Setup:
     eos = cfg.rollout.eos_token_id
     if not eos and s_cfg.eos_token_id is not None:
         eos = tuple(np.atleast_1d(s_cfg.eos_token_id))
+    optimizer = step_lib.build_optimizer(cfg.optim, cfg.total_steps)
+    schedule = step_lib.learning_rate_schedule(cfg.optim, cfg.total_steps)
+    state_shardings = step_lib.state_shardings(student, optimizer, mesh)
     sampling_shardings = None
     if mesh.devices.size > 1:
         sampling_shardings = models.model_shardings(student, mesh, models.SAMPLING_RULES)
     settings = step_lib.StepSettings(rollout=cfg.rollout, selection=cfg.selection,
                                      eos_ids=tuple(int(e) for e in eos), vocab=vocab,
                                      micro_batches=cfg.micro_batches, sampling_shardings=sampling_shardings,
-                                     param_shardings=models.model_shardings(student, mesh, models.STORAGE_RULES),
+                                     param_shardings=state_shardings.params,
                                      split_sharding=jax.sharding.NamedSharding(
                                          mesh, jax.sharding.PartitionSpec(None, ("data", "fsdp"))))
-    optimizer = step_lib.build_optimizer(cfg.optim, cfg.total_steps)
-    schedule = step_lib.learning_rate_schedule(cfg.optim, cfg.total_steps)
 
     init = functools.partial(step_lib.init_state, optimizer=optimizer)
-    state_shardings = step_lib.state_shardings(student, optimizer, mesh)
     batch = models.batch_sharding(mesh)
     step_fn = jax.jit(step_lib.build_step(settings, optimizer, schedule),
                       in_shardings=(state_shardings, models.model_shardings(teacher, mesh), batch, batch),
                       out_shardings=(state_shardings, None), donate_argnums=(0,))
     rollout_fn = jax.jit(step_lib.build_rollout(settings), in_shardings=(state_shardings, batch, batch))
     init_fn = jax.jit(init, out_shardings=state_shardings)
-    return Setup(cfg, mesh, student, teacher, student_tok, step_fn, rollout_fn, init_fn, state_shardings, batch,
+    return Setup(mesh, student, teacher, student_tok, step_fn, rollout_fn, init_fn, state_shardings, batch,
                  settings.eos_ids)
 
 
