@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import jax
 import numpy as np
 
 from tipjax import data
@@ -17,7 +18,7 @@ from tipjax.train_config import DataSpec
 
 
 class SyntheticPrompts:
-    """Random prompt ids, a pure function of (seed, batch number): resuming needs only the batch number."""
+    """Random prompt ids, a pure function of (seed, host, batch number): resuming needs only the batch number."""
 
     def __init__(self, spec: DataSpec, batch_size: int, vocab_size: int, avoid_ids: tuple[int, ...] = ()):
         if not 1 <= spec.synthetic_min_len <= spec.synthetic_max_len <= spec.max_prompt_len:
@@ -27,7 +28,8 @@ class SyntheticPrompts:
         self.position = 0
 
     def __next__(self) -> dict[str, np.ndarray]:
-        rng = np.random.default_rng([self.spec.seed, self.position])
+        # Each host draws its own slice of the global batch (multi-host), deterministically.
+        rng = np.random.default_rng([self.spec.seed, jax.process_index(), self.position])
         self.position += 1
         width = self.spec.max_prompt_len
         lengths = rng.integers(self.spec.synthetic_min_len, self.spec.synthetic_max_len + 1, self.batch_size)
