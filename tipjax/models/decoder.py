@@ -4,6 +4,7 @@ Shape alphabet (used in every einsum and docstring of tipjax.models):
   B batch              T query positions (tokens in this call)   S key positions (cache slots)
   D model width        N query heads       K key/value heads      G = N // K query heads per kv head
   H head dim           F MLP width         V vocabulary           L layers
+  M = B * T flattened tokens (the dense projections run on [M, D])
 
 The module only holds arrays (nnx.Param with logical `axes` metadata) and is used as a pytree: jit and grad
 go over it directly. The L blocks are stacked on a leading `layers` axis and run with lax.scan, so compile
@@ -188,9 +189,11 @@ class Decoder(nnx.Module):
             return p[...].astype(cfg.compute_dtype)
 
         h = ops.rms_norm(x, w(blk.attn_norm), cfg.rms_norm_eps)
-        q = jnp.einsum("BTD,DNH->BTNH", h, w(blk.wq))
-        k = jnp.einsum("BTD,DKH->BTKH", h, w(blk.wk))
-        v = jnp.einsum("BTD,DKH->BTKH", h, w(blk.wv))
+        b, t = h.shape[:2]
+        h2 = ops.flat_tokens(h)  # M = B * T tokens (see ops.flat_tokens)
+        q = jnp.einsum("MD,DNH->MNH", h2, w(blk.wq)).reshape(b, t, cfg.num_heads, cfg.head_dim)
+        k = jnp.einsum("MD,DKH->MKH", h2, w(blk.wk)).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+        v = jnp.einsum("MD,DKH->MKH", h2, w(blk.wv)).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
         if cfg.qkv_bias:
             q, k, v = q + w(blk.bq), k + w(blk.bk), v + w(blk.bv)
         if cfg.qk_norm:
@@ -208,7 +211,7 @@ class Decoder(nnx.Module):
             v = jax.lax.dynamic_update_slice(v_all, v[None].astype(v_all.dtype), (layer, 0, index, 0, 0))
             keys, values = (new_k, new_v) if fresh else (k[layer, :, :window], v[layer, :, :window])
         attn = ops.attention(q, keys.astype(q.dtype), values.astype(q.dtype), mask)
-        x = x + jnp.einsum("BTNH,NHD->BTD", attn, w(blk.wo))
+        x = x + jnp.einsum("MNH,NHD->MD", ops.flat_tokens(attn), w(blk.wo)).reshape(x.shape)
         h = ops.rms_norm(x, w(blk.mlp_norm), cfg.rms_norm_eps)
         x = x + ops.swiglu(h, w(blk.w_gate), w(blk.w_up), w(blk.w_down))
         return x, (k, v)

@@ -93,6 +93,13 @@ def _attention_block(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) 
 
 def swiglu(x: jax.Array, w_gate: jax.Array, w_up: jax.Array, w_down: jax.Array) -> jax.Array:
     """x [B, T, D], w_gate/w_up [D, F], w_down [F, D] -> [B, T, D]."""
-    gate = jnp.einsum("BTD,DF->BTF", x, w_gate)
-    up = jnp.einsum("BTD,DF->BTF", x, w_up)
-    return jnp.einsum("BTF,FD->BTD", jax.nn.silu(gate) * up, w_down)
+    x2 = flat_tokens(x)
+    gate = jnp.einsum("MD,DF->MF", x2, w_gate)
+    up = jnp.einsum("MD,DF->MF", x2, w_up)
+    return jnp.einsum("MF,FD->MD", jax.nn.silu(gate) * up, w_down).reshape(x.shape[:-1] + w_down.shape[-1:])
+
+
+def flat_tokens(x: jax.Array) -> jax.Array:
+    """[B, T, ...] -> [M = B * T, ...]. Projections on flat tokens make every weight gradient a dot with one
+    contracting dimension; XLA:CPU runs the two-contracting-dim form ('BTD,BTF->DF') about 2.5x slower."""
+    return x.reshape((x.shape[0] * x.shape[1],) + x.shape[2:])
