@@ -314,7 +314,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tipjax.eval", description=__doc__.split("\n\n")[0],
                                 epilog="Also: --config=configs/eval_math.py[:variant] and --config.a.b=value overrides; "
                                        "explicit flags win over the config.")
-    p.add_argument("--model", help="Hugging Face model folder")
+    p.add_argument("--model", help="Hugging Face model folder or tipjax training workdir (its latest checkpoint)")
     p.add_argument("--data", nargs="+", help="prompt files (.jsonl/.parquet)")
     p.add_argument("--n", type=int, help="samples per problem (default 16)")
     p.add_argument("--temperature", type=float, help="default 1.0")
