@@ -35,6 +35,8 @@ import sys
 import time
 from pathlib import Path
 
+import perf_doc  # scripts/ is on sys.path when run as a script
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 JSON_PATH = DOCS / "bench_train.json"
@@ -531,14 +533,7 @@ def write_docs(result: dict) -> None:
             "compile of the same program would allocate: XLA's buffer assignment, fusion and collectives differ by "
             "backend.\n")
     section = "".join(parts).rstrip("\n") + "\n"
-    path = DOCS / "performance.md"
-    text = path.read_text() if path.exists() else "# Performance\n"
-    pattern = re.compile(r"^## Training\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text.rstrip("\n") + "\n")
+    perf_doc.replace_section("Training", section)
 
 
 def main(argv=None) -> dict:

@@ -81,11 +81,6 @@ class Checkpointer:
         self.manager.close()
 
 
-def abstract_like(tree: Any) -> Any:
-    """ShapeDtypeStructs with the shardings of a concrete (or abstract) tree, the restore target."""
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree)
-
-
 def _key_name(key) -> str:
     for attr in ("name", "key", "idx"):
         if hasattr(key, attr):

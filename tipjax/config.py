@@ -53,20 +53,13 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
 
 
 def _parse_value(text: str, current: Any) -> Any:
-    if isinstance(current, str) or current is None and not _looks_literal(text):
+    """A Python literal where the text is one (numbers, tuples, None, booleans); otherwise the text itself."""
+    if isinstance(current, str):
         return text
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
         return text
-
-
-def _looks_literal(text: str) -> bool:
-    try:
-        ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return False
-    return True
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> None:

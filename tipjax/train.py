@@ -154,6 +154,12 @@ class Setup:
     batch_sharding: object
     eos_ids: tuple
 
+    def abstract_state(self):
+        """The train state's shapes, dtypes and shardings, without allocating it (dry runs, restore targets)."""
+        shapes = jax.eval_shape(self.init_fn, self.student, jax.ShapeDtypeStruct((2,), jnp.uint32))
+        return jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), shapes,
+                            self.state_shardings)
+
 
 def setup(cfg, *, abstract: bool = False) -> Setup:
     from tipjax import compat, models, step as step_lib
@@ -201,9 +207,7 @@ def dry_run(cfg) -> dict:
     from tipjax import models
 
     s = setup(cfg, abstract=True)
-    abstract_state = jax.eval_shape(s.init_fn, s.student, jax.ShapeDtypeStruct((2,), jnp.uint32))
-    abstract_state = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
-                                  abstract_state, s.state_shardings)
+    abstract_state = s.abstract_state()
     prompts = jax.ShapeDtypeStruct((cfg.prompts_per_step, cfg.data.max_prompt_len), jnp.int32,
                                    sharding=s.batch_sharding)
     t0 = time.perf_counter()
@@ -248,11 +252,13 @@ def train(cfg, workdir: str | Path, *, max_steps: int = 0) -> dict:
                                               vocab_size=s.student.config.vocab_size,
                                               avoid_ids=tuple(np.atleast_1d(s.student.config.eos_token_id or ())))
     checkpoints = ckpt_lib.Checkpointer(workdir / "checkpoints", cfg.checkpoint)
-    state = s.init_fn(s.student, jax.random.PRNGKey(cfg.seed))
     if checkpoints.latest_step() is not None:
-        state, prompt_state = checkpoints.restore(None, ckpt_lib.abstract_like(state))
+        # Restore straight into the shardings: no throwaway optimizer state is allocated first.
+        state, prompt_state = checkpoints.restore(None, s.abstract_state())
         source.set_state(prompt_state)
         log.info("resumed from step %d", int(state.step))
+    else:
+        state = s.init_fn(s.student, jax.random.PRNGKey(cfg.seed))
     del s.student  # the state owns the student's parameters from here on
 
     logbook = metrics_log.MetricsLog(workdir, enabled=primary)

@@ -31,17 +31,8 @@ STORAGE_RULES: Rules = (
     ("norm", None),
 )
 
-SAMPLING_RULES: Rules = (
-    ("batch", ("data", "fsdp")),
-    ("layers", None),
-    ("embed", None),
-    ("q_heads", "tensor"),
-    ("kv_heads", "tensor"),
-    ("head_dim", None),
-    ("mlp", "tensor"),
-    ("vocab", "tensor"),
-    ("norm", None),
-)
+# Sampling keeps the tensor-parallel split and drops FSDP (the embed dim), so decode steps need no gathers.
+SAMPLING_RULES: Rules = tuple((name, None if name == "embed" else axes) for name, axes in STORAGE_RULES)
 
 
 def make_mesh(data: int = 1, fsdp: int = 1, tensor: int = 1, devices=None) -> Mesh:
