@@ -9,21 +9,17 @@ training response length), Qwen chat template with enable_thinking=False (the re
 prompt = problem + " " + "Let's think step by step and output the final answer within \\boxed{}.".
 Expected result (paper Table 3, student after full-token OPD from Qwen3-8B(GRPO)): MATH-500 76.7, AIME'24
 21.9, AIME'25 19.4 (mean@16, %). Runtime on one GPU is not yet measured.
-The data files are read from ../shared/data beside the repository (never copied into it).
+Bare data file names are read from ../shared/data beside the repository (tipjax.data.resolve_data_path; never
+copied into it).
 """
-
-from pathlib import Path
 
 from tipjax.eval import EvalConfig
 from tipjax.train_config import config_dict
-
-DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def get_config(arg=None):
     c = config_dict(EvalConfig)
     c.data = ("math500.jsonl", "aime24.jsonl", "aime25.jsonl")
-    c.data_dir = str(DATA_DIR)
     c.n = 16
     c.temperature = 1.0
     c.top_p = 1.0

@@ -13,8 +13,43 @@ entropy50 78.6/23.8/20.7; q3_10 76.1/21.5/17.1. Paper peak memory: 72.0 GB (all)
 Runtime: not measured by tipjax yet (the paper does not report it).
 """
 
-from tipjax.train_config import paper_config
+from tipjax.train_config import apply_variant, config_dict
 
 
 def get_config(arg=None):
-    return paper_config(student="Qwen3-4B", teacher="Qwen3-8B", learning_rate=1e-6, fsdp=4, tensor=2, variant=arg)
+    c = config_dict()
+    # Models: presets give the shapes for --dry_run; a real run sets *.path (checked against the preset shapes).
+    c.student.preset, c.teacher.preset = "Qwen3-4B", "Qwen3-8B"
+    c.student.param_dtype, c.student.compute_dtype = "float32", "bfloat16"  # fp32 AdamW master weights
+    c.teacher.param_dtype, c.teacher.compute_dtype = "bfloat16", "bfloat16"
+    c.student.remat = c.teacher.remat = "full"
+    # Data: the DAPO-Math-17k 80% training split (seed 42), a local parquet file.
+    c.data.source = "dapo_math_17k_train.parquet"
+    c.data.prompt_field = "prompt"
+    c.data.answer_field = "reward_model.ground_truth"
+    c.data.max_prompt_length = 2048
+    c.data.enable_thinking = False
+    # Table 9: 8 prompts x 16 rollouts per update, 8192 new tokens at temperature 1.0, top-p 1.0.
+    c.prompts_per_step = 8
+    c.rollout.samples_per_prompt = 16
+    c.rollout.max_new_tokens = 8192
+    c.rollout.temperature = 1.0
+    c.rollout.top_p = 1.0
+    c.selection.chunk_size = 512
+    c.selection.divergence = "rkl"
+    c.selection.options = dict(norm_scope="batch")  # statistics over all 128 rollouts, whatever micro_batches
+    # AdamW, cosine schedule; warmup 0, weight decay 0.1 and clip 1.0 from the reference launch scripts.
+    c.optim.learning_rate = 1e-6
+    c.optim.warmup_steps = 0
+    c.optim.weight_decay = 0.1
+    c.optim.grad_clip = 1.0
+    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = -1, 4, 2  # tensor parallel 2 as in the paper
+    c.micro_batches = 32  # 128 rollouts of up to 10240 tokens: 4 per micro-batch bound activation memory
+    c.total_steps = 1739  # one epoch of 13,918 DAPO prompts at 8 prompts per step (PAPER.md section 9)
+    c.checkpoint.every, c.checkpoint.keep, c.checkpoint.keep_period = 50, 3, 500
+    # Evaluation every 50 steps: mean@16 at temperature 1.0 on MATH-500, AIME 2024 and AIME 2025.
+    c.eval.every = 50
+    c.eval.datasets = ("math500.jsonl", "aime24.jsonl", "aime25.jsonl")
+    c.eval.samples = 16
+    c.eval.max_new_tokens = 8192
+    return apply_variant(c, arg)

@@ -179,7 +179,7 @@ def test_prompt_file_training_with_periodic_eval_and_eval_of_the_workdir(tmp_pat
     student = save_tiny_qwen3(tmp_path / "student", tokenizer, seed=0)
     teacher = save_tiny_qwen3(tmp_path / "teacher", tokenizer, seed=1)
     cfg = tiny("soft_or50", f"--config.student.path={student}", f"--config.teacher.path={teacher}",
-               f"--config.data.source={shared_data_dir() / 'math500.jsonl'}", "--config.data.max_prompt_len=256",
+               f"--config.data.source={shared_data_dir() / 'math500.jsonl'}", "--config.data.max_prompt_length=256",
                "--config.rollout.max_new_tokens=8", "--config.total_steps=2", "--config.checkpoint.every=2",
                "--config.eval.every=2", "--config.eval.datasets=('aime24.jsonl',)", "--config.eval.samples=2",
                "--config.eval.limit=2", "--config.eval.max_new_tokens=8", "--config.eval.batch_size=4")

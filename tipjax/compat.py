@@ -7,7 +7,10 @@ family (e.g. Qwen 151936 vs 152064) are fine: both heads are sliced to the share
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+
+import numpy as np
 
 _PROBE = [{"role": "system", "content": "You are helpful."}, {"role": "user", "content": "What is 1+1?"},
           {"role": "assistant", "content": "\\boxed{2}"}, {"role": "user", "content": "And 2+2?"}]
@@ -62,3 +65,28 @@ def shared_vocab(student_vocab: int, teacher_vocab: int, tokenizer, *, shapes_on
         raise IncompatibleModels(f"tokenizer has {real} tokens but the embedding tables have {student_vocab} "
                                  f"(student) and {teacher_vocab} (teacher) rows: different real vocabularies")
     return real
+
+
+def _json_ids(path: Path, key: str) -> list[int]:
+    if not path.is_file():
+        return []
+    value = json.loads(path.read_text()).get(key)
+    return [] if value is None else [int(v) for v in np.atleast_1d(value)]
+
+
+def stop_ids(folder: str | Path | None, tokenizer=None, config_eos=None) -> tuple[int, ...]:
+    """The stop tokens of a model, the one policy for training rollouts, periodic and standalone evaluation.
+
+    In this order, duplicates dropped: generation_config.json's eos_token_id (Qwen instruct models list two),
+    config.json's, the tokenizer's eos token, then `config_eos` (the model config's, for models without a
+    folder).
+    """
+    ids: list[int] = []
+    if folder is not None:
+        ids += _json_ids(Path(folder) / "generation_config.json", "eos_token_id")
+        ids += _json_ids(Path(folder) / "config.json", "eos_token_id")
+    if tokenizer is not None and tokenizer.eos_token_id is not None:
+        ids.append(int(tokenizer.eos_token_id))
+    if config_eos is not None:
+        ids += [int(e) for e in np.atleast_1d(config_eos)]
+    return tuple(dict.fromkeys(ids))

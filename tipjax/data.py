@@ -274,6 +274,21 @@ def make_iterator(prompt_set: PromptSet, pad_id: int, options: LoaderOptions) ->
     return iter(make_dataset(prompt_set, pad_id, options).to_iter_dataset(read))
 
 
+# The evaluation sets beside a checkout (../shared/data): where bare file names like "math500.jsonl" are found.
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def resolve_data_path(name: str | Path, data_dir: str | Path = "") -> Path:
+    """Where a dataset entry of a config lives: an absolute path as is; relative to `data_dir` when one is given;
+    else relative to the working directory if that file exists; else a file in SHARED_DATA."""
+    path = Path(name)
+    if path.is_absolute():
+        return path
+    if data_dir:
+        return Path(data_dir) / path
+    return path if path.is_file() else SHARED_DATA / path
+
+
 def dataset_name(path: str | Path) -> str:
     """A short name for reports: the file stem without a split suffix (math500, aime24, gsm8k)."""
     return re.sub(r"[_-](test|train|val|validation)$", "", Path(path).stem)

@@ -32,7 +32,7 @@ import numpy as np
 from tqdm import tqdm
 
 from tipjax import config as tcfg
-from tipjax import data, sampling
+from tipjax import compat, data, sampling
 from tipjax.data import PromptOptions
 from tipjax.grading import grade
 
@@ -71,22 +71,6 @@ class LoadedModel:
     eos_token_ids: tuple[int, ...]
 
 
-def _json_ids(path: Path, key: str) -> list[int]:
-    if not path.is_file():
-        return []
-    value = json.loads(path.read_text()).get(key)
-    return [] if value is None else [int(v) for v in np.atleast_1d(value)]
-
-
-def eos_token_ids(folder: str | Path, tokenizer) -> tuple[int, ...]:
-    """Stop tokens: generation_config.json's, then config.json's, then the tokenizer's eos (Qwen lists two)."""
-    folder = Path(folder)
-    ids = _json_ids(folder / "generation_config.json", "eos_token_id") + _json_ids(folder / "config.json", "eos_token_id")
-    if tokenizer.eos_token_id is not None:
-        ids.append(int(tokenizer.eos_token_id))
-    return tuple(dict.fromkeys(ids))
-
-
 def resolve_model(path: str | Path, dtype=jnp.float32) -> LoadedModel:
     """``--model PATH`` -> model, tokenizer and stop tokens.
 
@@ -107,11 +91,12 @@ def resolve_model(path: str | Path, dtype=jnp.float32) -> LoadedModel:
         if source is None:
             raise ValueError(f"--model {path}: the run's student had no Hugging Face folder, so no tokenizer")
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
-        return LoadedModel(model, tokenizer, eos_token_ids(Path(source), tokenizer))
+        return LoadedModel(model, tokenizer, compat.stop_ids(source, tokenizer, model.config.eos_token_id))
     if not (path / "config.json").is_file():
         raise ValueError(f"--model {path}: neither a Hugging Face model folder (no config.json) nor a tipjax workdir")
     tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
-    return LoadedModel(models.load_hf(str(path), dtype=dtype), tokenizer, eos_token_ids(path, tokenizer))
+    return model = models.load_hf(str(path), dtype=dtype)
+    return LoadedModel(model, tokenizer, compat.stop_ids(path, tokenizer, model.config.eos_token_id))
 
 
 def _stats(values: np.ndarray) -> tuple[float, float]:
@@ -245,8 +230,7 @@ def _problem_entry(prompt: data.Prompt, correct: np.ndarray, lengths: np.ndarray
 def _data_paths(cfg: EvalConfig) -> list[Path]:
     if not cfg.data:
         raise ValueError("no evaluation data: pass --data FILE [FILE ...] or a --config with data")
-    base = Path(cfg.data_dir) if cfg.data_dir else Path.cwd()
-    return [p if p.is_absolute() or not cfg.data_dir else base / p for p in map(Path, cfg.data)]
+    return [data.resolve_data_path(p, cfg.data_dir) for p in cfg.data]
 
 
 def run(cfg: EvalConfig, *, progress: bool = True) -> dict[str, Any]:

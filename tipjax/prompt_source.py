@@ -1,6 +1,6 @@
 """Where a training step's prompts come from: a prompt file (the grain pipeline) or synthetic ids (CPU demos).
 
-Both give fixed-shape [P, Tp] left-padded batches (Tp = data.max_prompt_len, one bucket, so the step compiles
+Both give fixed-shape [P, Tp] left-padded batches (Tp = data.max_prompt_length, one bucket, so the step compiles
 once) and a JSON-serialisable iterator state that the checkpoint stores, so a resumed run sees exactly the
 prompts an uninterrupted one would.
 """
@@ -21,8 +21,8 @@ class SyntheticPrompts:
     """Random prompt ids, a pure function of (seed, host, batch number): resuming needs only the batch number."""
 
     def __init__(self, spec: DataSpec, batch_size: int, vocab_size: int, avoid_ids: tuple[int, ...] = ()):
-        if not 1 <= spec.synthetic_min_len <= spec.synthetic_max_len <= spec.max_prompt_len:
-            raise ValueError("need 1 <= data.synthetic_min_len <= data.synthetic_max_len <= data.max_prompt_len")
+        if not 1 <= spec.synthetic_min_len <= spec.synthetic_max_len <= spec.max_prompt_length:
+            raise ValueError("need 1 <= data.synthetic_min_len <= data.synthetic_max_len <= data.max_prompt_length")
         self.spec, self.batch_size, self.vocab_size = spec, batch_size, vocab_size
         self.allowed = np.setdiff1d(np.arange(vocab_size), np.asarray(avoid_ids, np.int64))
         self.position = 0
@@ -31,7 +31,7 @@ class SyntheticPrompts:
         # Each host draws its own slice of the global batch (multi-host), deterministically.
         rng = np.random.default_rng([self.spec.seed, jax.process_index(), self.position])
         self.position += 1
-        width = self.spec.max_prompt_len
+        width = self.spec.max_prompt_length
         lengths = rng.integers(self.spec.synthetic_min_len, self.spec.synthetic_max_len + 1, self.batch_size)
         ids = np.zeros((self.batch_size, width), np.int32)
         mask = (np.arange(width)[None, :] >= width - lengths[:, None]).astype(np.int32)
@@ -45,17 +45,25 @@ class SyntheticPrompts:
         self.position = int(state["position"])
 
 
+def prompt_options(spec: DataSpec) -> data.PromptOptions:
+    """How the run's prompt files become token ids: the data.* keys mapped onto data.PromptOptions."""
+    fields = (spec.prompt_field,) if spec.prompt_field else data.PromptOptions.prompt_fields
+    return data.PromptOptions(prompt_fields=fields, answer_field=spec.answer_field, instruction=spec.instruction,
+                              enable_thinking=spec.enable_thinking, max_prompt_length=spec.max_prompt_length,
+                              overlong=spec.overlong)
+
+
 class FilePrompts:
     """Prompts from a .jsonl/.parquet file through tipjax.data, repeating over epochs, this process's shard."""
 
     def __init__(self, spec: DataSpec, batch_size: int, tokenizer):
         fields = (spec.prompt_field,) if spec.prompt_field else data.PromptOptions.prompt_fields
-        options = data.PromptOptions(prompt_fields=fields, answer_field=spec.answer_field, instruction=spec.suffix,
-                                     enable_thinking=spec.enable_thinking, max_prompt_length=spec.max_prompt_len,
-                                     overlong=spec.over_long)
+        options = data.PromptOptions(prompt_fields=fields, answer_field=spec.answer_field,
+                                     instruction=spec.instruction, enable_thinking=spec.enable_thinking,
+                                     max_prompt_length=spec.max_prompt_lengthgth, overlong=spec.overlong)
         self.prompt_set = data.load_prompts(spec.source, tokenizer, options)
         loader = data.LoaderOptions(batch_size=batch_size, seed=spec.seed, num_epochs=None,
-                                    buckets=(spec.max_prompt_len,))
+                                    buckets=(spec.max_prompt_length,))
         self.iterator = data.make_iterator(self.prompt_set, data.pad_token_id(tokenizer), loader)
 
     def __next__(self) -> dict[str, np.ndarray]:

@@ -7,11 +7,14 @@ Defaults follow the paper (PAPER.md section 5, Table 9) and, where the paper is 
 from __future__ import annotations
 
 import dataclasses
-import types
+import math
 import typing
+from pathlib import Path
 from typing import Any
 
 import ml_collections
+
+from tipjax.data import INSTRUCTION
 
 # variant -> (rule, retention ratio): the rows of the paper's Tables 3-8, the same in every config file.
 VARIANTS = {
@@ -47,12 +50,12 @@ class ModelSpec:
 class DataSpec:
     source: str = "synthetic"        # "synthetic" (random prompt ids, CPU demos) or a .jsonl/.parquet prompt file
     tokenizer: str | None = None     # HF folder with the tokenizer; default the student's path
-    prompt_field: str | None = None
+    prompt_field: str | None = None  # default: the first of data.PromptOptions.prompt_fields present
     answer_field: str = "answer"
-    suffix: str = "Let's think step by step and output the final answer within \\boxed{}."
+    instruction: str = INSTRUCTION   # appended to a plain-text problem ("" appends nothing)
     enable_thinking: bool | None = None
-    max_prompt_len: int = 2048       # prompts are left padded to exactly this bucket
-    over_long: str = "skip"          # skip | truncate
+    max_prompt_length: int = 2048    # prompts are left padded to exactly this bucket
+    overlong: str = "skip"           # skip | truncate
     seed: int = 42
     synthetic_min_len: int = 4       # synthetic prompts: lengths uniform in [min, max]
     synthetic_max_len: int = 16
@@ -90,6 +93,7 @@ class OptimSpec:
     b2: float = 0.999
     eps: float = 1e-8
     grad_clip: float = 1.0
+    max_skipped: int = 10            # stop the run after this many consecutive non-finite (skipped) updates
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,6 +138,7 @@ class TrainConfig:
     total_steps: int = 1000
     micro_batches: int = 1           # lax.scan over micro-batches with gradient accumulation
     seed: int = 0
+    resume: bool = True              # continue from the workdir's newest good checkpoint (False: it must have none)
     log_every: int = 1
     timing_every: int = 50           # every N steps also time the rollout alone: rollout vs update tokens/s
     notes: str = ""
@@ -193,39 +198,128 @@ def apply_variant(config: ml_collections.ConfigDict, variant: str | None) -> ml_
     return config
 
 
-def paper_config(*, student: str, teacher: str, learning_rate: float, fsdp: int, tensor: int,
-                 variant: str | None) -> ml_collections.ConfigDict:
-    """PAPER.md Table 9 (identical across pairs except lr and GPUs) plus the section 12 defaults.
+# --- validation: every field's range and enum, named by its config key, before anything loads ---------------
 
-    `student`/`teacher` are models.PRESETS names: they give the shapes for `--dry_run`; a real run sets
-    `--config.student.path=` / `--config.teacher.path=` (local HF folders, checked against the preset shapes).
+_DTYPES = ("float32", "bfloat16", "float16")
+_REMATS = ("none", "full", "dots")
+_OVERLONG = ("skip", "truncate")
+
+
+def _check(ok: bool, key: str, value: Any, want: str) -> None:
+    if not ok:
+        from tipjax.config import ConfigError
+
+        raise ConfigError(f"{key}={value!r} {want}")
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def _sampling_checks(prefix: str, temperature: float, top_p: float, max_new_tokens: int) -> None:
+    _check(_finite(temperature) and temperature >= 0, f"{prefix}.temperature", temperature,
+           "must be a finite number >= 0 (0 is greedy)")
+    _check(_finite(top_p) and 0.0 < top_p <= 1.0, f"{prefix}.top_p", top_p, "must be in (0, 1]")
+    _check(max_new_tokens >= 1, f"{prefix}.max_new_tokens", max_new_tokens, "must be >= 1")
+
+
+def validate(cfg: TrainConfig, *, dry_run: bool = False) -> None:
+    """Raises ConfigError (or FileNotFoundError for paths) naming the first bad key; no model is touched.
+
+    dry_run: the prompt file and eval sets are not needed (only shapes are compiled), so not checked.
     """
-    c = config_dict()
-    c.student.preset, c.teacher.preset = student, teacher
-    for spec in (c.student, c.teacher):
-        spec.param_dtype, spec.compute_dtype, spec.remat = "bfloat16", "bfloat16", "full"
-    c.student.param_dtype = "float32"  # fp32 master weights for AdamW; compute in bf16
-    c.data.source = "dapo_math_17k_train.parquet"  # DAPO-Math-17k 80% split (seed 42), a local file
-    c.data.prompt_field = "prompt"
-    c.data.answer_field = "reward_model.ground_truth"
-    c.data.max_prompt_len = 2048
-    c.data.enable_thinking = False
-    c.rollout.samples_per_prompt = 16
-    c.rollout.max_new_tokens = 8192
-    c.selection.chunk_size = 512
-    c.optim.learning_rate = learning_rate
-    c.optim.warmup_steps = 0
-    c.optim.weight_decay = 0.1
-    c.optim.grad_clip = 1.0
-    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = -1, fsdp, tensor
-    c.prompts_per_step = 8
-    c.micro_batches = 32  # 128 rollouts of up to 10240 tokens: 4 per micro-batch bound activation memory
-    c.total_steps = 1739  # one epoch of 13,918 DAPO prompts at 8 prompts per step (PAPER.md section 9)
-    c.checkpoint.every = 50
-    c.checkpoint.keep = 3
-    c.checkpoint.keep_period = 500
-    c.eval.every = 50
-    c.eval.datasets = ("math500.jsonl", "aime24.jsonl", "aime25.jsonl")
-    c.eval.samples = 16
-    c.eval.max_new_tokens = 8192
-    return apply_variant(c, variant)
+    from tipjax import selection
+    from tipjax.config import ConfigError
+
+    for name in ("student", "teacher"):
+        spec = getattr(cfg, name)
+        if (spec.path is not None or spec.preset is not None) + (spec.arch is not None) != 1:
+            raise ConfigError(f"{name}: set {name}.path (optionally with {name}.preset, checked against it), "
+                              f"{name}.preset or {name}.arch")
+        if spec.path is not None and not (Path(spec.path) / "config.json").is_file():
+            raise FileNotFoundError(f"{name}.path={spec.path!r}: no config.json there (a local Hugging Face folder "
+                                    f"is required; hub downloads are not done)")
+        for field in ("param_dtype", "compute_dtype"):
+            _check(getattr(spec, field) in _DTYPES, f"{name}.{field}", getattr(spec, field), f"must be one of {_DTYPES}")
+        _check(spec.remat in _REMATS, f"{name}.remat", spec.remat, f"must be one of {_REMATS}")
+
+    d = cfg.data
+    _check(d.max_prompt_length >= 1, "data.max_prompt_length", d.max_prompt_length, "must be >= 1")
+    _check(d.overlong in _OVERLONG, "data.overlong", d.overlong, f"must be one of {_OVERLONG}")
+    if d.source == "synthetic":
+        _check(1 <= d.synthetic_min_len <= d.synthetic_max_len <= d.max_prompt_length, "data.synthetic_min_len",
+               (d.synthetic_min_len, d.synthetic_max_len), "and data.synthetic_max_len need "
+               "1 <= min <= max <= data.max_prompt_length")
+    elif not dry_run and not Path(d.source).is_file():
+        raise FileNotFoundError(f"data.source={d.source!r}: no such prompt file (or 'synthetic')")
+    if d.tokenizer is not None and not Path(d.tokenizer).is_dir():
+        raise FileNotFoundError(f"data.tokenizer={d.tokenizer!r}: no such folder")
+
+    r = cfg.rollout
+    _check(r.samples_per_prompt >= 1, "rollout.samples_per_prompt", r.samples_per_prompt, "must be >= 1")
+    _sampling_checks("rollout", r.temperature, r.top_p, r.max_new_tokens)
+    _check(r.top_k >= 0, "rollout.top_k", r.top_k, "must be >= 0 (0 disables it)")
+    _check(all(e >= 0 for e in r.eos_token_id), "rollout.eos_token_id", r.eos_token_id, "must be token ids >= 0")
+    _check(cfg.prompts_per_step >= 1, "prompts_per_step", cfg.prompts_per_step, "must be >= 1")
+    n_rows = cfg.prompts_per_step * r.samples_per_prompt
+    _check(r.groups >= 1 and n_rows % r.groups == 0, "rollout.groups", r.groups,
+           f"must divide prompts_per_step * rollout.samples_per_prompt = {n_rows}")
+    _check(cfg.micro_batches >= 1 and n_rows % cfg.micro_batches == 0, "micro_batches", cfg.micro_batches,
+           f"must divide prompts_per_step * rollout.samples_per_prompt = {n_rows}")
+
+    s = cfg.selection
+    for key, check in (("rule", selection.rules.check_rule), ("divergence", selection.losses.check_divergence),
+                       ("ratio", selection.rules.check_ratio)):
+        try:
+            check(getattr(s, key))
+        except ValueError as err:
+            raise ConfigError(f"selection.{key}: {err}") from None
+    _check(_finite(s.beta) and 0.0 <= s.beta <= 1.0, "selection.beta", s.beta, "must be in [0, 1]")
+    _check(s.chunk_size >= 1, "selection.chunk_size", s.chunk_size, "must be >= 1")
+    try:
+        selection.SelectionOptions(**s.options)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"selection.options: {err}") from None
+
+    o = cfg.optim
+    _check(_finite(o.learning_rate) and o.learning_rate > 0, "optim.learning_rate", o.learning_rate, "must be > 0")
+    _check(o.warmup_steps >= 0, "optim.warmup_steps", o.warmup_steps, "must be >= 0")
+    _check(o.decay_steps >= 0, "optim.decay_steps", o.decay_steps, "must be >= 0 (0: total_steps)")
+    _check(_finite(o.end_lr_factor) and 0 <= o.end_lr_factor <= 1, "optim.end_lr_factor", o.end_lr_factor,
+           "must be in [0, 1]")
+    _check(_finite(o.weight_decay) and o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "must be >= 0")
+    for key in ("b1", "b2"):
+        _check(_finite(getattr(o, key)) and 0 <= getattr(o, key) < 1, f"optim.{key}", getattr(o, key),
+               "must be in [0, 1)")
+    _check(_finite(o.eps) and o.eps > 0, "optim.eps", o.eps, "must be > 0")
+    _check(_finite(o.grad_clip) and o.grad_clip >= 0, "optim.grad_clip", o.grad_clip, "must be >= 0 (0: off)")
+    _check(o.max_skipped >= 1, "optim.max_skipped", o.max_skipped, "must be >= 1")
+
+    m = cfg.mesh
+    _check(m.data == -1 or m.data >= 1, "mesh.data", m.data, "must be >= 1 or -1 (all remaining devices)")
+    _check(m.fsdp >= 1, "mesh.fsdp", m.fsdp, "must be >= 1")
+    _check(m.tensor >= 1, "mesh.tensor", m.tensor, "must be >= 1")
+
+    c = cfg.checkpoint
+    _check(c.every >= 0, "checkpoint.every", c.every, "must be >= 0 (0: only the final step)")
+    _check(c.keep >= 1, "checkpoint.keep", c.keep, "must be >= 1 (the final checkpoint is always kept)")
+    _check(c.keep_period >= 0, "checkpoint.keep_period", c.keep_period, "must be >= 0")
+
+    e = cfg.eval
+    _check(e.every >= 0, "eval.every", e.every, "must be >= 0 (0: off)")
+    _sampling_checks("eval", e.temperature, e.top_p, e.max_new_tokens)
+    _check(e.samples >= 1, "eval.samples", e.samples, "must be >= 1")
+    _check(e.limit >= 0, "eval.limit", e.limit, "must be >= 0 (0: all)")
+    _check(e.batch_size >= 1, "eval.batch_size", e.batch_size, "must be >= 1")
+    if e.every and not dry_run:
+        from tipjax import data
+
+        missing = [d for d in e.datasets if not data.resolve_data_path(d).is_file()]
+        if missing:
+            raise FileNotFoundError(f"eval.datasets: not found: {missing}")
+        names = [data.dataset_name(data.resolve_data_path(d)) for d in e.datasets]
+        _check(len(set(names)) == len(names), "eval.datasets", e.datasets, "name one dataset twice (by file stem)")
+
+    _check(cfg.total_steps >= 1, "total_steps", cfg.total_steps, "must be >= 1")
+    _check(cfg.log_every >= 1, "log_every", cfg.log_every, "must be >= 1")
+    _check(cfg.timing_every >= 0, "timing_every", cfg.timing_every, "must be >= 0 (0: off)")
