@@ -95,7 +95,7 @@ def resolve_model(path: str | Path, dtype=jnp.float32) -> LoadedModel:
     if not (path / "config.json").is_file():
         raise ValueError(f"--model {path}: neither a Hugging Face model folder (no config.json) nor a tipjax workdir")
     tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
-    return model = models.load_hf(str(path), dtype=dtype)
+    model = models.load_hf(str(path), dtype=dtype)
     return LoadedModel(model, tokenizer, compat.stop_ids(path, tokenizer, model.config.eos_token_id))
 
 
