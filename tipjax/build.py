@@ -14,13 +14,14 @@ import jax
 import jax.numpy as jnp
 
 from tipjax import models, optim
+from tipjax.config import ConfigError
 
 
 def mesh_for(spec, n_devices: int):
     """The (data, fsdp, tensor) mesh of a MeshSpec; data=-1 takes every device fsdp and tensor leave."""
     data = spec.data if spec.data > 0 else n_devices // (spec.fsdp * spec.tensor)
     if not 0 < data * spec.fsdp * spec.tensor <= n_devices:
-        raise ValueError(f"mesh data={data} x fsdp={spec.fsdp} x tensor={spec.tensor} needs more than the "
+        raise ConfigError(f"mesh data={data} x fsdp={spec.fsdp} x tensor={spec.tensor} needs more than the "
                          f"{n_devices} devices (mesh.*)")
     return models.make_mesh(data=data, fsdp=spec.fsdp, tensor=spec.tensor)
 
@@ -34,7 +35,7 @@ def model_config(spec, name: str = "student"):
     """The ModelConfig of a ModelSpec (`name` is its config key, for errors): HF folder, preset or arch dict."""
     dtypes = dict(param_dtype=spec.param_dtype, compute_dtype=spec.compute_dtype, remat=spec.remat)
     if spec.preset is not None and spec.preset not in models.PRESETS:
-        raise ValueError(f"{name}.preset={spec.preset!r} is unknown; known: {sorted(models.PRESETS)}")
+        raise ConfigError(f"{name}.preset={spec.preset!r} is unknown; known: {sorted(models.PRESETS)}")
     if spec.path is not None:
         hf = json.loads((Path(spec.path) / "config.json").read_text())
         cfg = models.ModelConfig.from_hf_dict(hf, source_dir=spec.path, **dtypes)
@@ -50,7 +51,7 @@ def _check_against_preset(cfg, preset, spec, name) -> None:
     """A config file names the pair it was written for; a folder of another shape is a mistake, not a variant."""
     for field in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim", "intermediate_size"):
         if getattr(cfg, field) != getattr(preset, field):
-            raise ValueError(f"{spec.path}: {field}={getattr(cfg, field)} but {name}.preset={spec.preset!r} has "
+            raise ConfigError(f"{spec.path}: {field}={getattr(cfg, field)} but {name}.preset={spec.preset!r} has "
                              f"{getattr(preset, field)}; fix {name}.path or set {name}.preset=None")
 
 

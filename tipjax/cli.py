@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 __all__ = ["USER_ERRORS", "ArgumentParser", "UsageError", "UserError", "classify", "format_error", "run_main"]
 
 
-class UserError(Exception):
+class UserError(ValueError):
     """Bad input the user can fix; `where` names the key, file:line, path or tensor, `hint` the way out."""
 
     exit_code = 1
@@ -79,10 +79,10 @@ def format_error(err: BaseException) -> list[str]:
     what, where, hint = getattr(err, "what", None), getattr(err, "where", None), getattr(err, "hint", None)
     if what is None and isinstance(err, OSError) and err.filename is not None and err.strerror:
         what, where = err.strerror, err.filename  # e.g. open("x") -> No such file or directory (x)
-    if what is None:
+    elif what is None and isinstance(err, argparse.ArgumentError):
+        what, where = err.message, err.argument_name
+    elif what is None:
         what = str(err) or type(err).__name__
-        if isinstance(err, argparse.ArgumentError):
-            what, where = err.message, err.argument_name
     lines = [f"error: {_one_line(what)}" + ("" if where is None else f" ({_one_line(str(where))})")]
     if hint:
         lines.append(f"hint: {_one_line(hint)}")

@@ -32,7 +32,7 @@ import numpy as np
 from tqdm import tqdm
 
 from tipjax import config as tcfg
-from tipjax import compat, data, sampling
+from tipjax import cli, compat, data, sampling
 from tipjax.data import PromptOptions
 from tipjax.grading import grade
 
@@ -89,11 +89,11 @@ def resolve_model(path: str | Path, dtype=jnp.float32) -> LoadedModel:
         model = export.load_student(path, dtype=dtype)
         source = model.config.source_dir
         if source is None:
-            raise ValueError(f"--model {path}: the run's student had no Hugging Face folder, so no tokenizer")
+            raise cli.UserError(f"the run's student had no Hugging Face folder, so no tokenizer", "--model")
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
         return LoadedModel(model, tokenizer, compat.stop_ids(source, tokenizer, model.config.eos_token_id))
     if not (path / "config.json").is_file():
-        raise ValueError(f"--model {path}: neither a Hugging Face model folder (no config.json) nor a tipjax workdir")
+        raise cli.UsageError(f"{path} is neither a Hugging Face model folder (no config.json) nor a tipjax workdir", "--model")
     tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
     model = models.load_hf(str(path), dtype=dtype)
     return LoadedModel(model, tokenizer, compat.stop_ids(path, tokenizer, model.config.eos_token_id))
@@ -229,16 +229,16 @@ def _problem_entry(prompt: data.Prompt, correct: np.ndarray, lengths: np.ndarray
 
 def _data_paths(cfg: EvalConfig) -> list[Path]:
     if not cfg.data:
-        raise ValueError("no evaluation data: pass --data FILE [FILE ...] or a --config with data")
+        raise cli.UsageError("no evaluation data: pass --data FILE [FILE ...] or a --config with data", "--data")
     return [data.resolve_data_path(p, cfg.data_dir) for p in cfg.data]
 
 
 def run(cfg: EvalConfig, *, progress: bool = True) -> dict[str, Any]:
     """Evaluates cfg.model on every file of cfg.data; returns the full report (and writes it to cfg.out)."""
     if not cfg.model:
-        raise ValueError("no model: pass --model HF_FOLDER")
+        raise cli.UsageError("no model: pass --model HF_FOLDER or a training workdir", "--model")
     if cfg.dtype not in ("float32", "bfloat16"):
-        raise ValueError(f"dtype must be float32 or bfloat16, got {cfg.dtype!r}")
+        raise cli.UsageError(f"dtype must be float32 or bfloat16, got {cfg.dtype!r}", "--dtype")
     paths = _data_paths(cfg)
     for path in paths:
         if not path.is_file():
@@ -295,7 +295,7 @@ def format_table(report: dict[str, Any]) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m tipjax.eval", description=__doc__.split("\n\n")[0],
+    p = cli.ArgumentParser(prog="python -m tipjax.eval", description=__doc__.split("\n\n")[0],
                                 epilog="Also: --config=configs/eval_math.py[:variant] and --config.a.b=value overrides; "
                                        "explicit flags win over the config.")
     p.add_argument("--model", help="Hugging Face model folder or tipjax training workdir (its latest checkpoint)")
@@ -337,4 +337,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run_main(main))

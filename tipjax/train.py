@@ -11,7 +11,6 @@ its own parameter shards and its slice of the prompts. See docs/training.md.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import json
@@ -25,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging as absl_logging
 
-from tipjax import build, compat, models
+from tipjax import build, cli, compat, models
 from tipjax import step as step_lib
 from tipjax.train_config import validate
 
@@ -36,7 +35,7 @@ def parse_args(argv):
     from tipjax import config as tcfg
 
     spec, overrides, rest = tcfg.split_config_args(argv)
-    parser = argparse.ArgumentParser(prog="python -m tipjax.train", description=__doc__.split("\n")[2])
+    parser = cli.ArgumentParser(prog="python -m tipjax.train", description=__doc__.split("\n")[2])
     parser.add_argument("--workdir", help="checkpoints, metrics.jsonl, TensorBoard events, exported config")
     parser.add_argument("--dry_run", action="store_true",
                         help="AOT-compile the step for the configured mesh and print memory, then exit")
@@ -171,7 +170,8 @@ def run_identity(cfg) -> dict:
 def train(cfg, workdir: str | Path, *, max_steps: int = 0, resume_step: int | None = None) -> dict:
     from tipjax import checkpoint as ckpt_lib, loop, metrics_log, prompt_source, train_config
 
-    validate(cfg)
+    cfg = prepare(cfg)
+    validate(cfg, prepared=True)
     workdir = Path(workdir)
     loop.check_identity(workdir, run_identity(cfg), resume=cfg.resume)
     s = setup(cfg)
@@ -195,6 +195,8 @@ def train(cfg, workdir: str | Path, *, max_steps: int = 0, resume_step: int | No
     del s.student  # the state owns the student's parameters from here on
 
     logbook = metrics_log.MetricsLog(workdir, enabled=primary, resume_step=restored or 0)
+    if cfg.eval.at_start and restored is None:  # the untrained student, as step 0 of metrics.jsonl
+        logbook.write(0, periodic_eval(cfg, state.params, s))
     start = int(state.step)
     end = cfg.total_steps if not max_steps else min(cfg.total_steps, start + max_steps)
     rollout_compiled = []
@@ -218,7 +220,7 @@ def train(cfg, workdir: str | Path, *, max_steps: int = 0, resume_step: int | No
         return {"rollout_seconds": time.perf_counter() - t0}
 
     def evaluate(step, state):
-        if cfg.eval.every and step % cfg.eval.every == 0:
+        if (cfg.eval.every and step % cfg.eval.every == 0) or (cfg.eval.at_start and step == cfg.total_steps):
             return periodic_eval(cfg, state.params, s)
         return {}
 
@@ -230,7 +232,40 @@ def train(cfg, workdir: str | Path, *, max_steps: int = 0, resume_step: int | No
     finally:
         checkpoints.close()
         logbook.close()
+    if cfg.eval.at_start and end == cfg.total_steps and primary:
+        eval_report(workdir)
     return last
+
+
+def prepare(cfg):
+    """Runs cfg.prepare ("module:function", cfg -> cfg), which builds what the config names (e.g. tipjax.demo)."""
+    if not cfg.prepare:
+        return cfg
+    import importlib
+
+    module, _, name = cfg.prepare.partition(":")
+    return getattr(importlib.import_module(module), name)(cfg)
+
+
+def eval_report(workdir: Path) -> dict:
+    """Accuracy before (step 0) and after (the last step) training, per eval set: eval_report.json + printed."""
+    from tipjax import loop
+    from tipjax.metrics_log import read_metrics
+
+    rows = read_metrics(workdir)
+    before, after = rows[0], rows[-1]
+    report = {}
+    for key in sorted(before):
+        if key.startswith("eval/") and key.endswith("/mean_at_n") and key in after:
+            name, se = key.split("/")[1], key + "_se"
+            report[name] = {"before": before[key], "before_se": before.get(se), "after": after[key],
+                            "after_se": after.get(se), "change": after[key] - before[key],
+                            "before_step": before["step"], "after_step": after["step"]}
+            print(f"{name}: mean@n {before[key]:.1%} ± {before.get(se, 0):.1%} (step {before['step']}) -> "
+                  f"{after[key]:.1%} ± {after.get(se, 0):.1%} (step {after['step']}): "
+                  f"{100 * (after[key] - before[key]):+.1f} points")
+    loop.write_metadata(workdir, {"eval_report.json": json.dumps(report, indent=1) + "\n"})
+    return report
 
 
 def eval_paths(cfg) -> list[Path]:
@@ -255,6 +290,7 @@ def periodic_eval(cfg, student, s: Setup) -> dict:
                               progress=False)
         name = data.dataset_name(path)
         out[f"eval/{name}/mean_at_n"] = report["mean_at_n"]
+        out[f"eval/{name}/mean_at_n_se"] = report["mean_at_n_se"]
         out[f"eval/{name}/pass_at_n"] = report["pass_at_n"]
         out[f"eval/{name}/response_length"] = report["mean_response_length"]
     return out
@@ -276,11 +312,11 @@ def main(argv=None) -> None:
 
         print(describe(cfg))
     if args.dry_run:
-        dry_run(cfg)
+        dry_run(prepare(cfg))
         return
     final = train(cfg, args.workdir, max_steps=args.max_steps, resume_step=args.resume_step)
     print(json.dumps({k: round(v, 5) for k, v in final.items()}))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run_main(main))

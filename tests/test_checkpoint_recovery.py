@@ -1,0 +1,191 @@
+"""Corrupt, partial and stray checkpoint folders: the newest step that reads cleanly is used, bitwise."""
+
+import logging
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tipjax.checkpoint import UNREADABLE, Checkpointer, CheckpointError
+from tipjax.config import ConfigError
+from tipjax.train_config import CheckpointSpec
+
+STEPS = (10, 20, 30)
+
+
+def _state(step):
+    """A small train-state-like pytree whose every leaf depends on the step."""
+    key = jax.random.PRNGKey(step)
+    return {"params": {"w": jax.random.normal(key, (8, 4)), "b": jnp.arange(6, dtype=jnp.bfloat16) * step},
+            "opt": {"mu": jax.random.uniform(key, (8, 4))}, "step": jnp.int32(step), "rng": key}
+
+
+def _prompts(step):
+    return {"position": step * 3, "epoch": step // 20, "order_seed": 7}
+
+
+def _abstract():
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), _state(0))
+
+
+def _assert_bitwise(a, b):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        x, y = np.asarray(x), np.asarray(y)
+        assert x.dtype == y.dtype and x.shape == y.shape and x.tobytes() == y.tobytes()
+
+
+@pytest.fixture(params=[False, True], ids=["sync", "async"])
+def run(request, tmp_path):
+    """checkpoints/ holding steps 10, 20, 30, saved the way the trainer saves them."""
+    spec = CheckpointSpec(keep=5, async_save=request.param)
+    checkpoints = Checkpointer(tmp_path / "checkpoints", spec)
+    for step in STEPS:
+        checkpoints.save(step, _state(step), _prompts(step))
+    checkpoints.close()
+    return tmp_path / "checkpoints", spec
+
+
+def _truncate_arrays(step_dir):
+    for f in (step_dir / "state").rglob("*"):
+        if f.is_file() and f.parent.name == "d":  # OCDBT data files: the array bytes
+            f.write_bytes(f.read_bytes()[:8])
+
+
+def _delete_arrays(step_dir):
+    for f in list((step_dir / "state").rglob("*")):
+        if f.is_file() and f.parent.name == "d":
+            f.unlink()
+
+
+def _garbage_metadata(step_dir):
+    (step_dir / "state" / "_METADATA").write_text("{\x00 not json")
+
+
+def _garbage_prompt_state(step_dir):
+    (step_dir / "prompts" / "metadata").write_bytes(b"\xff\xfe{")
+
+
+CORRUPTIONS = [_truncate_arrays, _delete_arrays, _garbage_metadata, _garbage_prompt_state]
+
+
+@pytest.mark.parametrize("corrupt", CORRUPTIONS, ids=lambda f: f.__name__.strip("_"))
+def test_corrupt_latest_falls_back_to_previous_step_bitwise(run, corrupt, caplog):
+    directory, spec = run
+    corrupt(directory / "30")
+    checkpoints = Checkpointer(directory, spec)
+    with caplog.at_level(logging.WARNING, logger="tipjax.checkpoint"):
+        step, state, prompt_state = checkpoints.restore(None, _abstract())
+    assert step == 20
+    _assert_bitwise(state, _state(20))
+    assert prompt_state == _prompts(20)
+    skipped = [r.getMessage() for r in caplog.records if r.getMessage().startswith("skipped")]
+    assert len(skipped) == 1 and "step 30" in skipped[0] and "\n" not in skipped[0]
+    # The bad folder is kept for inspection under a name orbax ignores ...
+    assert (directory / f"30{UNREADABLE}").is_dir() and not (directory / "30").exists()
+    assert checkpoints.all_steps() == [10, 20]
+    # ... so the resumed run's own step 30 is saved instead of skipped as "not newer than the latest".
+    assert checkpoints.save(30, _state(31), _prompts(31))
+    checkpoints.close()
+    again = Checkpointer(directory, spec)
+    step, state, prompt_state = again.restore(None, _abstract())
+    assert step == 30 and prompt_state == _prompts(31)
+    _assert_bitwise(state, _state(31))
+    again.close()
+
+
+def test_empty_and_half_written_step_folders_are_ignored(run):
+    directory, spec = run
+    (directory / "40").mkdir()  # empty
+    (directory / "50").mkdir()
+    shutil.copytree(directory / "30" / "state", directory / "50" / "state")  # no prompts item
+    checkpoints = Checkpointer(directory, spec)
+    assert checkpoints.all_steps() == [10, 20, 30] and checkpoints.latest_step() == 30
+    step, params = checkpoints.restore_params(None, _abstract()["params"])
+    assert step == 30
+    _assert_bitwise(params, _state(30)["params"])
+    assert (directory / "40").is_dir() and (directory / "50").is_dir()  # restore_params only reads
+    step, state, prompt_state = checkpoints.restore(None, _abstract())
+    assert step == 30 and prompt_state == _prompts(30)
+    _assert_bitwise(state, _state(30))
+    checkpoints.close()
+
+
+def test_restore_params_falls_back_and_moves_nothing(run, caplog):
+    directory, spec = run
+    _truncate_arrays(directory / "30")
+    checkpoints = Checkpointer(directory, spec)
+    with caplog.at_level(logging.WARNING, logger="tipjax.checkpoint"):
+        step, params = checkpoints.restore_params(None, _abstract()["params"])
+    assert step == 20
+    _assert_bitwise(params, _state(20)["params"])
+    assert any("skipped checkpoint step 30" in r.getMessage() for r in caplog.records)
+    assert (directory / "30").is_dir() and not (directory / f"30{UNREADABLE}").exists()
+    checkpoints.close()
+
+
+def test_explicit_step_is_exact_or_a_one_line_error(run):
+    directory, spec = run
+    _garbage_metadata(directory / "30")
+    checkpoints = Checkpointer(directory, spec)
+    with pytest.raises(CheckpointError) as missing:
+        checkpoints.restore(25, _abstract())
+    assert str(missing.value) == f"no checkpoint for step 25; available steps: 10, 20, 30 ({directory})"
+    with pytest.raises(CheckpointError) as corrupt:
+        checkpoints.restore(30, _abstract())
+    assert "checkpoint step 30 is unreadable" in str(corrupt.value) and "\n" not in str(corrupt.value)
+    assert corrupt.value.where == directory / "30"
+    with pytest.raises(CheckpointError, match="no checkpoint for step 25"):
+        checkpoints.restore_params(25, _abstract()["params"])
+    assert checkpoints.all_steps() == [10, 20, 30]  # a failed request moves nothing
+    checkpoints.close()
+
+
+def test_rewinding_to_an_explicit_step_sets_later_steps_aside(run):
+    directory, spec = run
+    checkpoints = Checkpointer(directory, spec)
+    step, state, prompt_state = checkpoints.restore(10, _abstract())
+    assert step == 10 and prompt_state == _prompts(10)
+    _assert_bitwise(state, _state(10))
+    assert checkpoints.all_steps() == [10]
+    assert sorted(p.name for p in directory.iterdir()) == ["10", "20.superseded", "30.superseded"]
+    assert checkpoints.save(20, _state(21), _prompts(21))  # the rewound run checkpoints again
+    checkpoints.close()
+    step, params = Checkpointer(directory, spec).restore_params(None, _abstract()["params"])
+    assert step == 20
+    _assert_bitwise(params, _state(21)["params"])
+
+
+def test_no_readable_checkpoint_is_an_error_naming_the_skipped_steps(run):
+    directory, spec = run
+    for step in STEPS:
+        _delete_arrays(directory / str(step))
+    checkpoints = Checkpointer(directory, spec)
+    with pytest.raises(CheckpointError, match=r"no readable checkpoint \(skipped steps 10, 20, 30\)"):
+        checkpoints.restore_params(None, _abstract()["params"])
+    checkpoints.close()
+
+
+def test_stray_empty_folder_does_not_swallow_new_saves(tmp_path):
+    (tmp_path / "checkpoints" / "40").mkdir(parents=True)
+    checkpoints = Checkpointer(tmp_path / "checkpoints", CheckpointSpec(keep=3, async_save=False))
+    assert checkpoints.latest_step() is None
+    assert checkpoints.save(10, _state(10), _prompts(10))
+    assert checkpoints.save(20, _state(20), _prompts(20))
+    assert checkpoints.all_steps() == [10, 20]
+    assert (tmp_path / "checkpoints" / f"40{UNREADABLE}").is_dir()
+    checkpoints.close()
+
+
+def test_keep_must_be_at_least_one(tmp_path):
+    with pytest.raises(ConfigError, match="checkpoint.keep must be >= 1"):
+        Checkpointer(tmp_path / "checkpoints", CheckpointSpec(keep=0))
+    checkpoints = Checkpointer(tmp_path / "checkpoints", CheckpointSpec(keep=1, async_save=False))
+    for step in STEPS:
+        checkpoints.save(step, _state(step), _prompts(step))
+    checkpoints.close()
+    checkpoints = Checkpointer(tmp_path / "checkpoints", CheckpointSpec(keep=1))
+    assert checkpoints.all_steps() == [30]
+    checkpoints.close()
