@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tipjax.models import layers
+from tipjax.models import attention
 
 
 def _reference(q, k, v, mask):
@@ -20,15 +20,16 @@ def _reference(q, k, v, mask):
 
 
 def test_chunked_attention_matches_reference_and_gradients():
-    t = layers.QUERY_CHUNK + 77  # two chunks, the second padded
+    t = attention.DEFAULT_QUERY_CHUNK + 77  # two chunks, the second padded
     keys = jax.random.split(jax.random.key(0), 3)
     q = jax.random.normal(keys[0], (1, t, 4, 8))
     k = jax.random.normal(keys[1], (1, t, 2, 8))
     v = jax.random.normal(keys[2], (1, t, 2, 8))
     lengths = np.array([t - 5])
     mask = jnp.asarray(np.tril(np.ones((t, t), bool))[None] & (np.arange(t) < lengths[:, None])[:, None, :])
-    out = layers.attention(q, k, v, mask)
+    spec = attention.AttentionMask(kv_valid=jnp.asarray(np.arange(t) < lengths[:, None]))
+    out = attention.attention(q, k, v, spec)
     np.testing.assert_allclose(np.asarray(out), _reference(q, k, v, mask), atol=2e-5)
-    grad_chunked = jax.grad(lambda x: jnp.sum(layers.attention(x, k, v, mask) ** 2))(q)
-    grad_block = jax.grad(lambda x: jnp.sum(layers._attention_block(x, k, v, mask) ** 2))(q)
+    grad_chunked = jax.grad(lambda x: jnp.sum(attention.attention(x, k, v, spec) ** 2))(q)
+    grad_block = jax.grad(lambda x: jnp.sum(attention._attention_block(x, k, v, mask) ** 2))(q)
     np.testing.assert_allclose(np.asarray(grad_chunked), np.asarray(grad_block), atol=1e-5)

@@ -124,3 +124,22 @@ def test_config_is_static_metadata_not_a_leaf():
     assert dataclasses.is_dataclass(cfg)
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.vocab_size = 1
+
+
+def test_attention_settings_are_validated_and_stay_out_of_config_json():
+    cfg = models.ModelConfig.from_hf_dict(LLAMA_HUB, attention="xla_sdpa", query_chunk=256)
+    assert (cfg.attention, cfg.query_chunk) == ("xla_sdpa", 256)
+    default = models.ModelConfig.from_hf_dict(LLAMA_HUB)
+    assert (default.attention, default.query_chunk) == ("auto", 1024)
+    assert cfg != default and hash(cfg.replace(attention="auto", query_chunk=1024)) == hash(default)
+    d = cfg.to_hf_dict()
+    assert not {"attention", "query_chunk"} & set(d)
+    # a runtime choice, not a model property: config.json reads back to the defaults, through transformers too
+    assert models.ModelConfig.from_hf_dict(d) == default
+    hf = transformers.AutoConfig.for_model(d["model_type"], **{k: v for k, v in d.items() if k != "model_type"})
+    assert models.ModelConfig.from_hf_dict({**hf.to_dict(), "architectures": d["architectures"]}) == default
+    with pytest.raises(ValueError, match="attention must be one of"):
+        cfg.replace(attention="flash")
+    for bad in (0, -4, 2.5, True):
+        with pytest.raises(ValueError, match="query_chunk"):
+            cfg.replace(query_chunk=bad)

@@ -199,3 +199,41 @@ def test_failed_export_leaves_nothing(tmp_path, monkeypatch):
     assert not (tmp_path / "new").exists()
     assert sorted(os.listdir(out)) == before  # the previous export is untouched
     assert sorted(os.listdir(tmp_path)) == ["out", "src"]  # no temp folders left behind
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(dtype="int8"), "load_hf dtype=int8 is not a floating dtype"),
+    (dict(dtype=jnp.bool_), "load_hf dtype=bool is not a floating dtype"),
+    (dict(compute_dtype="int32"), "load_hf compute_dtype=int32"),
+    (dict(dtype="float33"), "load_hf dtype='float33' is not a dtype"),
+])
+def test_non_floating_dtype_is_named(tmp_path, kwargs, message):
+    save_hf_model(hf_model("qwen3"), tmp_path)
+    with pytest.raises(ValueError, match=message):
+        models.load_hf(tmp_path, **kwargs)
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.999, 12])
+def test_truncated_safetensors_is_named(tmp_path, keep):
+    """Cut mid-data, one byte short, and inside the header: the error names the file, for one file and shards."""
+    for name, kwargs in [("single", {}), ("sharded", {"max_shard_size": "40KB"})]:
+        path = save_hf_model(hf_model("qwen3"), tmp_path / name, **kwargs)
+        file = sorted(path.glob("*.safetensors"))[-1]
+        data = file.read_bytes()
+        file.write_bytes(data[:int(len(data) * keep) if keep < 1 else keep])
+        with pytest.raises(ValueError, match=rf"{file.name}: unreadable safetensors file") as err:
+            models.load_hf(path)
+        assert "\n" not in str(err.value)
+
+
+def test_attention_settings_pass_through_and_stay_out_of_export(tmp_path):
+    ref_model = hf_model("qwen3")
+    model = models.load_hf(save_hf_model(ref_model, tmp_path / "src"), attention="xla_sdpa", query_chunk=8)
+    assert (model.config.attention, model.config.query_chunk) == ("xla_sdpa", 8)
+    ids = tokens(2, 20)
+    assert rel_err(model(jnp.asarray(ids)), torch_logits(ref_model, ids)) <= 1e-4
+    out = models.save_hf(model, tmp_path / "out")
+    config = json.loads((out / "config.json").read_text())
+    assert not {"attention", "query_chunk"} & set(config)
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    assert rel_err(torch_logits(reloaded, ids), torch_logits(ref_model, ids)) <= 1e-5

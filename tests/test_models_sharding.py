@@ -87,6 +87,21 @@ def test_model_shardings_of_abstract_preset(mesh):
     assert shardings.blocks.q_norm.get_value().spec == P(None, None)
 
 
+def test_abstract_with_mesh_carries_the_init_shardings(mesh):
+    cfg = models.ModelConfig.from_hf_dict(HF)
+    abstract = models.abstract(cfg, mesh=mesh)
+    assert models.abstract(cfg).blocks.wq.get_value().sharding is None
+    real = models.init(cfg, jax.random.key(0), mesh=mesh)
+    for a, r in zip(jax.tree.leaves(abstract), jax.tree.leaves(real), strict=True):
+        assert isinstance(a, jax.ShapeDtypeStruct) and (a.shape, a.dtype) == (r.shape, r.dtype)
+        assert a.sharding == r.sharding
+    sampling = models.abstract(cfg, mesh=mesh, rules=models.SAMPLING_RULES)
+    assert sampling.blocks.wq.get_value().sharding.spec == P(None, None, "tensor", None)
+    # an AOT target: the sharded forward compiles from shapes alone
+    ids = jax.ShapeDtypeStruct((4, 12), jnp.int32, sharding=models.batch_sharding(mesh))
+    assert forward.lower(abstract, ids, ids).compile() is not None
+
+
 def test_sharded_cache_decode_matches(mesh):
     cfg = models.ModelConfig.from_hf_dict({**HF, "num_key_value_heads": 4})
     model = models.init(cfg, jax.random.key(3))

@@ -178,7 +178,7 @@ def test_first_token_distribution_through_generate(tmp_path):
 
 
 def test_deterministic_and_outer_jit(tmp_path):
-    _, path = tiny_hf(tmp_path, "qwen3", vocab=64)
+    _, path = tiny_hf(tmp_path, "qwen3", vocab=128)  # PROMPTS hold ids up to 100
     model = models.load_hf(path, dtype=jnp.float32)
     ids, mask = left_padded(PROMPTS)
     kwargs = dict(max_new_tokens=10, temperature=1.0, top_k=20, eos_token_id=5)
@@ -208,7 +208,7 @@ def test_bucketed_compiles_are_bounded(tmp_path):
 
 
 def test_sharded_mesh_equals_single_device(tmp_path):
-    _, path = tiny_hf(tmp_path, "qwen3", vocab=64)
+    _, path = tiny_hf(tmp_path, "qwen3", vocab=128)  # PROMPTS hold ids up to 100
     single = models.load_hf(path, dtype=jnp.float32)
     mesh = models.make_mesh(data=2, fsdp=2, tensor=2)
     sharded = models.load_hf(path, dtype=jnp.float32, mesh=mesh, rules=models.SAMPLING_RULES)

@@ -20,7 +20,9 @@ filtering): the quantity the trainer's student forward reproduces.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import math
 from typing import Sequence
 
 import flax.struct
@@ -28,7 +30,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["SampleOutput", "SamplerState", "generate", "bucket_size", "DEFAULT_BUCKETS", "sample_logits"]
+from tipjax.models import positions_from_mask
+
+__all__ = ["SampleOutput", "SamplerState", "DecodeSettings", "generate", "bucket_size", "DEFAULT_BUCKETS",
+           "sample_logits"]
 
 # Powers of two: the prompt length of a batch is rounded up to one of these, so compiles stay bounded.
 DEFAULT_BUCKETS = tuple(2**i for i in range(4, 16))
@@ -56,6 +61,20 @@ class SamplerState:
     next_logits: jax.Array     # [B, V] fp32: logits for the token about to be sampled
     cache: object              # models.KVCache
     rng: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeSettings:
+    """The decode loop's static configuration: hashable, so one compiled loop per distinct value."""
+
+    prompt_len: int               # Tp after bucketing: the column of the first response token
+    max_new_tokens: int
+    temperature: float
+    top_k: int
+    top_p: float
+    eos_ids: tuple[int, ...]
+    pad_id: int
+    segments: int | None = None   # see segment_ends
 
 
 def bucket_size(length: int, buckets: Sequence[int] | None = None) -> int:
@@ -112,8 +131,7 @@ def _prefill(model, prompt_ids, prompt_mask, max_new_tokens, cache_dtype, rng) -
     batch, prompt_len = prompt_ids.shape
     total = prompt_len + max_new_tokens
     mask = prompt_mask.astype(bool)
-    # Left padding: each row's positions start at 0 at its first real token.
-    positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0).astype(jnp.int32)
+    positions = positions_from_mask(mask)  # left padding: each row starts at 0 at its first real token
     cache = model.init_cache(batch, total, dtype=cache_dtype)
     hidden, cache = model.hidden_cached(prompt_ids, positions, cache, mask, fresh=True)
     # The last column is every row's last real prompt token (left padding), so its logits predict token 1.
@@ -137,32 +155,32 @@ def segment_ends(max_new_tokens: int, segments: int | None = None) -> tuple[int,
     return tuple(-(-max_new_tokens * (j + 1) // segments) for j in range(segments))
 
 
-def _decode_loop(model, state: SamplerState, *, prompt_len, max_new_tokens, temperature, top_k, top_p,
-                 eos_ids, pad_id, segments=None) -> SamplerState:
+def _decode_loop(model, state: SamplerState, settings: DecodeSettings) -> SamplerState:
     # Segments: a sequence of while loops whose attention window grows, so early tokens of a long rollout
     # do not read the unwritten end of the KV cache. Each stops early when every row has finished.
-    for end in segment_ends(max_new_tokens, segments):
-        state = _decode_segment(model, state, end=end, window=prompt_len + end, prompt_len=prompt_len,
-                                temperature=temperature, top_k=top_k, top_p=top_p, eos_ids=eos_ids, pad_id=pad_id)
+    for end in segment_ends(settings.max_new_tokens, settings.segments):
+        state = _decode_segment(model, state, settings, end)
     return state
 
 
-def _decode_segment(model, state: SamplerState, *, end, window, prompt_len, temperature, top_k, top_p,
-                    eos_ids, pad_id) -> SamplerState:
+def _decode_segment(model, state: SamplerState, settings: DecodeSettings, end: int) -> SamplerState:
+    window = settings.prompt_len + end
+
     def cond(s: SamplerState):
         return (s.step < end) & ~jnp.all(s.done)
 
     def body(s: SamplerState) -> SamplerState:
         rng, key = jax.random.split(s.rng)
-        token = sample_logits(key, s.next_logits, temperature=temperature, top_k=top_k, top_p=top_p)
+        token = sample_logits(key, s.next_logits, temperature=settings.temperature, top_k=settings.top_k,
+                              top_p=settings.top_p)
         live = ~s.done
-        token = jnp.where(live, token, pad_id)
+        token = jnp.where(live, token, settings.pad_id)
         logprob = jnp.take_along_axis(jax.nn.log_softmax(s.next_logits, axis=-1), token[:, None], axis=-1)[:, 0]
-        col = prompt_len + s.step
+        col = settings.prompt_len + s.step
         tokens = jax.lax.dynamic_update_slice(s.tokens, token[:, None], (0, col))
         response_mask = jax.lax.dynamic_update_slice(s.response_mask, live.astype(jnp.int32)[:, None], (0, col))
         logprobs = jax.lax.dynamic_update_slice(s.logprobs, jnp.where(live, logprob, 0.0)[:, None], (0, col))
-        done = s.done | (live & _is_eos(token, eos_ids))
+        done = s.done | (live & _is_eos(token, settings.eos_ids))
         hidden, cache = model.hidden_cached(token[:, None], s.positions[:, None], s.cache, live[:, None],
                                             window=window)
         return SamplerState(
@@ -177,10 +195,9 @@ def _jit_prefill(model, prompt_ids, prompt_mask, rng, *, max_new_tokens, cache_d
     return _prefill(model, prompt_ids, prompt_mask, max_new_tokens, cache_dtype, rng)
 
 
-@functools.partial(jax.jit, static_argnames=("prompt_len", "max_new_tokens", "temperature", "top_k", "top_p",
-                                              "eos_ids", "pad_id", "segments"), donate_argnums=(1,))
-def _jit_decode(model, state, **settings):
-    return _decode_loop(model, state, **settings)
+@functools.partial(jax.jit, static_argnames=("settings",), donate_argnums=(1,))
+def _jit_decode(model, state, settings: DecodeSettings):
+    return _decode_loop(model, state, settings)
 
 
 def _validate(prompt_ids, prompt_mask, max_new_tokens, temperature, top_k, top_p, num_samples):
@@ -189,21 +206,54 @@ def _validate(prompt_ids, prompt_mask, max_new_tokens, temperature, top_k, top_p
     if prompt_ids.ndim != 2 or prompt_mask.shape != prompt_ids.shape:
         raise ValueError(f"prompt_ids and prompt_mask must both be [B, Tp]; got {prompt_ids.shape} and "
                          f"{prompt_mask.shape}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 is greedy), got {temperature}")
+    if not math.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"temperature must be finite and >= 0 (0 is greedy), got {temperature}")
     if top_k < 0:
         raise ValueError(f"top_k must be >= 0 (0 disables it), got {top_k}")
     if not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    if not isinstance(prompt_mask, jax.core.Tracer):
+    if _concrete(prompt_mask):
         lengths = np.asarray(prompt_mask).sum(axis=1)
         if (lengths == 0).any():
             raise ValueError(f"prompt rows {np.flatnonzero(lengths == 0).tolist()} are empty (prompt_mask all 0)")
         last = np.asarray(prompt_mask)[:, -1]
         if not last.all():
             raise ValueError("prompts must be left padded: prompt_mask[:, -1] must be 1 for every row")
+
+
+def _concrete(x) -> bool:
+    """Values readable here: not traced (outer jit) and not spread over other hosts."""
+    return not isinstance(x, jax.core.Tracer) and getattr(x, "is_fully_addressable", True)
+
+
+def _check_ids(prompt_ids, vocab_size: int) -> None:
+    """Integer ids in [0, vocab_size), padding included: jnp.take embeds an id >= V as NaN (whose key/value
+    then poisons the row's attention) and wraps negative ones silently. Values are checked when concrete."""
+    concrete = _concrete(prompt_ids)
+    if not jnp.issubdtype(prompt_ids.dtype, jnp.integer):
+        sample = f" such as {np.asarray(prompt_ids).ravel()[:3].tolist()}" if concrete else ""
+        raise ValueError(f"prompt_ids must hold integer token ids, got dtype {prompt_ids.dtype}{sample}")
+    if not concrete:
+        return
+    ids = np.asarray(prompt_ids)
+    bad = np.argwhere((ids < 0) | (ids >= vocab_size))
+    if bad.size:
+        where = ", ".join(f"{ids[tuple(i)]} at {tuple(i.tolist())}" for i in bad[:3])
+        raise ValueError(f"prompt_ids holds {len(bad)} id(s) outside the vocabulary [0, {vocab_size}): {where}"
+                         f"{' ...' if len(bad) > 3 else ''}")
+
+
+def _special_ids(eos_token_id, pad_token_id, vocab_size: int) -> tuple[tuple[int, ...], int]:
+    """(eos ids, pad id), each checked to lie in [0, vocab_size)."""
+    eos_ids = tuple(int(e) for e in np.atleast_1d(eos_token_id)) if eos_token_id is not None else ()
+    pad_id = int(pad_token_id) if pad_token_id is not None else (eos_ids[0] if eos_ids else 0)
+    for name, values in (("eos_token_id", eos_ids), ("pad_token_id", (pad_id,))):
+        bad = [e for e in values if not 0 <= e < vocab_size]
+        if bad:
+            raise ValueError(f"{name} {bad} outside the vocabulary [0, {vocab_size})")
+    return eos_ids, pad_id
 
 
 def generate(model, prompt_ids: jax.Array, prompt_mask: jax.Array, *, max_new_tokens: int,
@@ -222,11 +272,18 @@ def generate(model, prompt_ids: jax.Array, prompt_mask: jax.Array, *, max_new_to
         for the compiled program and the output is sliced back to Tp + max_new_tokens columns.
       segments: decode-loop segments with growing attention windows (see `segment_ends`; default automatic).
     Returns: SampleOutput with [B * num_samples, Tp + max_new_tokens] arrays.
+
+    Raises ValueError for bad settings (temperature negative or not finite, EOS / pad ids outside the
+    vocabulary, ...) and, when the prompt arrays are concrete, for non-integer ids, ids outside
+    [0, vocab_size) and empty or right-padded rows. Inside an outer `jax.jit` the prompt arrays are tracers:
+    their dtype is still checked but their values are not (an id >= vocab_size then yields NaN logits).
     """
+    if not isinstance(prompt_ids, jax.Array):
+        prompt_ids = np.asarray(prompt_ids)
+    _check_ids(prompt_ids, model.config.vocab_size)
     prompt_ids, prompt_mask = jnp.asarray(prompt_ids, jnp.int32), jnp.asarray(prompt_mask, jnp.int32)
     _validate(prompt_ids, prompt_mask, max_new_tokens, temperature, top_k, top_p, num_samples)
-    eos_ids = tuple(int(e) for e in np.atleast_1d(eos_token_id)) if eos_token_id is not None else ()
-    pad_id = int(pad_token_id) if pad_token_id is not None else (eos_ids[0] if eos_ids else 0)
+    eos_ids, pad_id = _special_ids(eos_token_id, pad_token_id, model.config.vocab_size)
     if num_samples > 1:
         prompt_ids = jnp.repeat(prompt_ids, num_samples, axis=0)
         prompt_mask = jnp.repeat(prompt_mask, num_samples, axis=0)
@@ -238,9 +295,10 @@ def generate(model, prompt_ids: jax.Array, prompt_mask: jax.Array, *, max_new_to
         prompt_mask = jnp.pad(prompt_mask, ((0, 0), (extra, 0)))
     state = _jit_prefill(model, prompt_ids, prompt_mask, rng, max_new_tokens=max_new_tokens,
                          cache_dtype=cache_dtype)
-    state = _jit_decode(model, state, prompt_len=bucket, max_new_tokens=max_new_tokens,
-                        temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
-                        eos_ids=eos_ids, pad_id=pad_id, segments=segments)
+    settings = DecodeSettings(prompt_len=bucket, max_new_tokens=int(max_new_tokens), temperature=float(temperature),
+                              top_k=int(top_k), top_p=float(top_p), eos_ids=eos_ids, pad_id=pad_id,
+                              segments=segments)
+    state = _jit_decode(model, state, settings)
     tokens = state.tokens.at[:, bucket:].set(jnp.where(state.response_mask[:, bucket:] > 0,
                                                        state.tokens[:, bucket:], pad_id))
     lengths = jnp.sum(state.response_mask, axis=1)

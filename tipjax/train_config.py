@@ -44,6 +44,8 @@ class ModelSpec:
     param_dtype: str = "float32"
     compute_dtype: str = "float32"
     remat: str = "none"              # per-layer rematerialisation: none | full | dots
+    attention: str = "auto"          # auto (cudnn on GPU where it applies, else xla) | xla | cudnn | xla_sdpa
+    query_chunk: int = 1024          # longer query blocks are attended this many rows at a time
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,6 +123,7 @@ class EvalSpec:
     max_new_tokens: int = 8192
     limit: int = 0
     batch_size: int = 16
+    at_start: bool = False           # also before the first step: eval_report.json holds before/after accuracy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,6 +146,43 @@ class TrainConfig:
     timing_every: int = 50           # every N steps also time the rollout alone: rollout vs update tokens/s
     notes: str = ""
     extra: dict = dataclasses.field(default_factory=dict)
+    prepare: str = ""                # "module:function" run first, cfg -> cfg: builds the models/data the config names
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTDataSpec:
+    """SFT pairs: a built-in task (tipjax.tasks) or a .jsonl file with prompt and solution fields."""
+
+    task: str = ""                   # tipjax.tasks name; generates n_examples train-split problems
+    difficulty: dict = dataclasses.field(default_factory=dict)  # the task's difficulty knobs
+    n_examples: int = 10000
+    source: str = ""                 # instead of task: a .jsonl/.parquet file (problem + solution_field)
+    solution_field: str = "solution"
+    instruction: str = INSTRUCTION   # appended to every problem, as DataSpec.instruction
+    enable_thinking: bool | None = None
+    max_prompt_length: int = 64      # prompts are left padded to exactly this width
+    max_response_length: int = 64    # response + eos, right padded to exactly this width
+    seed: int = 0                    # task generation and shuffling
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTConfig:
+    """`python -m tipjax.sft`: teacher-forced cross-entropy on response tokens (tipjax.sft)."""
+
+    student: ModelSpec
+    tokenizer: str | None = None     # HF folder; default the student's path, else the task's tokenizer
+    data: SFTDataSpec = SFTDataSpec()
+    optim: OptimSpec = OptimSpec()
+    mesh: MeshSpec = MeshSpec()
+    checkpoint: CheckpointSpec = CheckpointSpec()
+    eval: EvalSpec = EvalSpec()
+    batch_size: int = 32             # sequences per step
+    total_steps: int = 1000
+    micro_batches: int = 1
+    seed: int = 0
+    resume: bool = True
+    log_every: int = 1
+    notes: str = ""
 
 
 def describe(config: Any) -> str:
@@ -203,6 +243,7 @@ def apply_variant(config: ml_collections.ConfigDict, variant: str | None) -> ml_
 _DTYPES = ("float32", "bfloat16", "float16")
 _REMATS = ("none", "full", "dots")
 _OVERLONG = ("skip", "truncate")
+_ATTENTION = ("auto", "xla", "cudnn", "xla_sdpa")
 
 
 def _check(ok: bool, key: str, value: Any, want: str) -> None:
@@ -223,25 +264,33 @@ def _sampling_checks(prefix: str, temperature: float, top_p: float, max_new_toke
     _check(max_new_tokens >= 1, f"{prefix}.max_new_tokens", max_new_tokens, "must be >= 1")
 
 
-def validate(cfg: TrainConfig, *, dry_run: bool = False) -> None:
+def _check_model(name: str, spec: ModelSpec, *, files: bool = True) -> None:
+    from tipjax.config import ConfigError
+
+    if (spec.path is not None or spec.preset is not None) + (spec.arch is not None) != 1:
+        raise ConfigError(f"{name}: set {name}.path (optionally with {name}.preset, checked against it), "
+                          f"{name}.preset or {name}.arch")
+    if files and spec.path is not None and not (Path(spec.path) / "config.json").is_file():
+        raise FileNotFoundError(f"{name}.path={spec.path!r}: no config.json there (a local Hugging Face folder "
+                                f"is required; hub downloads are not done)")
+    for field in ("param_dtype", "compute_dtype"):
+        _check(getattr(spec, field) in _DTYPES, f"{name}.{field}", getattr(spec, field), f"must be one of {_DTYPES}")
+    _check(spec.remat in _REMATS, f"{name}.remat", spec.remat, f"must be one of {_REMATS}")
+
+
+def validate(cfg: TrainConfig, *, dry_run: bool = False, prepared: bool = False) -> None:
     """Raises ConfigError (or FileNotFoundError for paths) naming the first bad key; no model is touched.
 
     dry_run: the prompt file and eval sets are not needed (only shapes are compiled), so not checked.
+    prepared: cfg.prepare has run; before that, the folders and files it builds are not checked.
     """
     from tipjax import selection
     from tipjax.config import ConfigError
 
+    _check(cfg.prepare == "" or cfg.prepare.count(":") == 1, "prepare", cfg.prepare, "must be 'module:function'")
+    files = prepared or not cfg.prepare
     for name in ("student", "teacher"):
-        spec = getattr(cfg, name)
-        if (spec.path is not None or spec.preset is not None) + (spec.arch is not None) != 1:
-            raise ConfigError(f"{name}: set {name}.path (optionally with {name}.preset, checked against it), "
-                              f"{name}.preset or {name}.arch")
-        if spec.path is not None and not (Path(spec.path) / "config.json").is_file():
-            raise FileNotFoundError(f"{name}.path={spec.path!r}: no config.json there (a local Hugging Face folder "
-                                    f"is required; hub downloads are not done)")
-        for field in ("param_dtype", "compute_dtype"):
-            _check(getattr(spec, field) in _DTYPES, f"{name}.{field}", getattr(spec, field), f"must be one of {_DTYPES}")
-        _check(spec.remat in _REMATS, f"{name}.remat", spec.remat, f"must be one of {_REMATS}")
+        _check_model(name, getattr(cfg, name), files=files)
 
     d = cfg.data
     _check(d.max_prompt_length >= 1, "data.max_prompt_length", d.max_prompt_length, "must be >= 1")
@@ -250,9 +299,9 @@ def validate(cfg: TrainConfig, *, dry_run: bool = False) -> None:
         _check(1 <= d.synthetic_min_len <= d.synthetic_max_len <= d.max_prompt_length, "data.synthetic_min_len",
                (d.synthetic_min_len, d.synthetic_max_len), "and data.synthetic_max_len need "
                "1 <= min <= max <= data.max_prompt_length")
-    elif not dry_run and not Path(d.source).is_file():
+    elif files and not dry_run and not Path(d.source).is_file():
         raise FileNotFoundError(f"data.source={d.source!r}: no such prompt file (or 'synthetic')")
-    if d.tokenizer is not None and not Path(d.tokenizer).is_dir():
+    if files and d.tokenizer is not None and not Path(d.tokenizer).is_dir():
         raise FileNotFoundError(f"data.tokenizer={d.tokenizer!r}: no such folder")
 
     r = cfg.rollout
@@ -305,13 +354,20 @@ def validate(cfg: TrainConfig, *, dry_run: bool = False) -> None:
     _check(c.keep >= 1, "checkpoint.keep", c.keep, "must be >= 1 (the final checkpoint is always kept)")
     _check(c.keep_period >= 0, "checkpoint.keep_period", c.keep_period, "must be >= 0")
 
-    e = cfg.eval
+    _check_eval(cfg.eval, files=files and not dry_run)
+    _check(cfg.total_steps >= 1, "total_steps", cfg.total_steps, "must be >= 1")
+    _check(cfg.log_every >= 1, "log_every", cfg.log_every, "must be >= 1")
+    _check(cfg.timing_every >= 0, "timing_every", cfg.timing_every, "must be >= 0 (0: off)")
+
+
+def _check_eval(e: EvalSpec, *, files: bool) -> None:
     _check(e.every >= 0, "eval.every", e.every, "must be >= 0 (0: off)")
     _sampling_checks("eval", e.temperature, e.top_p, e.max_new_tokens)
     _check(e.samples >= 1, "eval.samples", e.samples, "must be >= 1")
     _check(e.limit >= 0, "eval.limit", e.limit, "must be >= 0 (0: all)")
     _check(e.batch_size >= 1, "eval.batch_size", e.batch_size, "must be >= 1")
-    if e.every and not dry_run:
+    _check(not e.at_start or e.datasets, "eval.at_start", e.at_start, "needs eval.datasets")
+    if (e.every or e.at_start) and files:
         from tipjax import data
 
         missing = [d for d in e.datasets if not data.resolve_data_path(d).is_file()]
@@ -320,6 +376,30 @@ def validate(cfg: TrainConfig, *, dry_run: bool = False) -> None:
         names = [data.dataset_name(data.resolve_data_path(d)) for d in e.datasets]
         _check(len(set(names)) == len(names), "eval.datasets", e.datasets, "name one dataset twice (by file stem)")
 
+
+def validate_sft(cfg: SFTConfig) -> None:
+    """validate() for SFT configs: every key's range, the data source and the tokenizer, before anything loads."""
+    from tipjax.config import ConfigError
+
+    _check_model("student", cfg.student)
+    d = cfg.data
+    if bool(d.task) == bool(d.source):
+        raise ConfigError("data: set exactly one of data.task (a tipjax.tasks name) and data.source (a .jsonl file)")
+    if d.source and not Path(d.source).is_file():
+        raise FileNotFoundError(f"data.source={d.source!r}: no such file")
+    _check(d.n_examples >= 1, "data.n_examples", d.n_examples, "must be >= 1")
+    _check(d.max_prompt_length >= 1, "data.max_prompt_length", d.max_prompt_length, "must be >= 1")
+    _check(d.max_response_length >= 2, "data.max_response_length", d.max_response_length, "must be >= 2 (eos)")
+    if cfg.tokenizer is not None and not Path(cfg.tokenizer).is_dir():
+        raise FileNotFoundError(f"tokenizer={cfg.tokenizer!r}: no such folder")
+    if cfg.tokenizer is None and cfg.student.path is None and not d.task:
+        raise ConfigError("tokenizer: a random-init student on a data file needs tokenizer=<HF folder>")
+    _check(cfg.batch_size >= 1, "batch_size", cfg.batch_size, "must be >= 1")
+    _check(cfg.micro_batches >= 1 and cfg.batch_size % cfg.micro_batches == 0, "micro_batches", cfg.micro_batches,
+           f"must divide batch_size = {cfg.batch_size}")
     _check(cfg.total_steps >= 1, "total_steps", cfg.total_steps, "must be >= 1")
     _check(cfg.log_every >= 1, "log_every", cfg.log_every, "must be >= 1")
-    _check(cfg.timing_every >= 0, "timing_every", cfg.timing_every, "must be >= 0 (0: off)")
+    _check(_finite(cfg.optim.learning_rate) and cfg.optim.learning_rate > 0, "optim.learning_rate",
+           cfg.optim.learning_rate, "must be > 0")
+    _check(cfg.checkpoint.keep >= 1, "checkpoint.keep", cfg.checkpoint.keep, "must be >= 1")
+    _check_eval(cfg.eval, files=True)

@@ -1,4 +1,5 @@
-"""KVCache: the explicit key/value cache pytree that Decoder.hidden_cached takes and returns."""
+"""KVCache: the explicit key/value cache pytree that Decoder.hidden_cached takes and returns; LayerCache: the
+view of it that one block's attention gets inside the layer scan."""
 
 from __future__ import annotations
 
@@ -31,3 +32,24 @@ class KVCache:
     @property
     def max_len(self) -> int:
         return self.k.shape[2]
+
+
+@struct.dataclass
+class LayerCache:
+    """What attention.cached_attention needs to write one layer's new keys/values and read the cache.
+
+    k, v:   [L, B, S, K, H], all layers: the scan carries the whole cache and updates it in place.
+    mask:   [B, S] bool, already holding this call's token mask at slots [index, index + T).
+    layer:  [] int32, this block's layer.
+    index:  [] int32, the slot of this call's first token (may be traced).
+    fresh:  static; promises index 0 (an empty cache): attention then reads the T new keys only.
+    window: static; promises every query's slot is < window: attention reads slots [0, window) only.
+    """
+
+    k: jax.Array
+    v: jax.Array
+    mask: jax.Array
+    layer: jax.Array
+    index: jax.Array
+    fresh: bool = struct.field(pytree_node=False, default=False)
+    window: int | None = struct.field(pytree_node=False, default=None)

@@ -8,6 +8,7 @@ jitted code, only this.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from typing import Any
 
 import jax.numpy as jnp
@@ -21,6 +22,8 @@ ARCHITECTURES = {
 _MODEL_TYPES = {model_type: arch for arch, (model_type, _, _) in ARCHITECTURES.items()}
 _REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
 _REMAT = ("none", "full", "dots")
+ATTENTION_BACKENDS = ("auto", "xla", "cudnn", "xla_sdpa")  # see attention.py
+DEFAULT_QUERY_CHUNK = 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +65,9 @@ class ModelConfig:
     param_dtype: str = "float32"
     compute_dtype: str = "float32"
     remat: str = "none"
+    # Runtime choices, not model properties: never written to config.json (see to_hf_dict).
+    attention: str = "auto"  # attention backend: "auto", "xla", "cudnn" or "xla_sdpa" (see attention.py)
+    query_chunk: int = DEFAULT_QUERY_CHUNK  # xla attention processes longer query blocks this many rows at a time
     # Where load_hf read the model from (tokenizer files for save_hf). Not part of equality or hashing, so a
     # loaded model and one built from the same values share a tree structure and jit cache entries.
     source_dir: str | None = dataclasses.field(default=None, compare=False)
@@ -75,6 +81,12 @@ class ModelConfig:
         if remat not in _REMAT:
             raise ValueError(f"remat must be one of {_REMAT} or a bool, got {self.remat!r}")
         object.__setattr__(self, "remat", remat)
+        if self.attention not in ATTENTION_BACKENDS:
+            raise ValueError(f"attention must be one of {ATTENTION_BACKENDS}, got {self.attention!r}")
+        if isinstance(self.query_chunk, bool) or not isinstance(self.query_chunk, numbers.Integral) \
+                or self.query_chunk < 1:
+            raise ValueError(f"query_chunk must be a positive int, got {self.query_chunk!r}")
+        object.__setattr__(self, "query_chunk", int(self.query_chunk))
         if isinstance(self.eos_token_id, list):
             object.__setattr__(self, "eos_token_id", tuple(self.eos_token_id))
         if self.num_heads % self.num_kv_heads:
@@ -90,7 +102,8 @@ class ModelConfig:
 
     @classmethod
     def from_hf_dict(cls, d: dict[str, Any], *, param_dtype=jnp.float32, compute_dtype=None,
-                     remat="none", source_dir: str | None = None) -> ModelConfig:
+                     remat="none", attention: str = "auto", query_chunk: int = DEFAULT_QUERY_CHUNK,
+                     source_dir: str | None = None) -> ModelConfig:
         """Reads a HF config.json dict (hub format or transformers-5 format). compute_dtype defaults to param_dtype."""
         arch = _architecture(d)
         _, qkv_bias, qk_norm = ARCHITECTURES[arch]
@@ -131,6 +144,8 @@ class ModelConfig:
             param_dtype=param_dtype,
             compute_dtype=compute_dtype or param_dtype,
             remat=remat,
+            attention=attention,
+            query_chunk=query_chunk,
             source_dir=source_dir,
         )
 

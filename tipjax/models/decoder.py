@@ -20,9 +20,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from tipjax.models import attention as attn
 from tipjax.models import layers as ops
 from tipjax.models import sharding
-from tipjax.models.cache import KVCache
+from tipjax.models.cache import KVCache, LayerCache
 from tipjax.models.config import ModelConfig
 
 _REMAT_POLICIES = {"full": None, "dots": jax.checkpoint_policies.checkpoint_dots}
@@ -100,12 +101,11 @@ class Decoder(nnx.Module):
         b, t = input_ids.shape
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-        mask = jnp.broadcast_to(jnp.tril(jnp.ones((t, t), jnp.bool_)), (b, t, t))
-        if attention_mask is not None:
-            mask = mask & attention_mask.astype(jnp.bool_)[:, None, :]
+        kv_valid = None if attention_mask is None else attention_mask.astype(jnp.bool_)
+        mask = attn.AttentionMask(kv_valid=kv_valid)
 
         def step(x, blk):
-            x, _ = self._block(blk, x, positions, mask)
+            x, _ = self._block(blk, x, positions, mask=mask)
             return x, None
 
         x, _ = jax.lax.scan(self._remat(step), self._embed(input_ids), self.blocks)
@@ -128,20 +128,14 @@ class Decoder(nnx.Module):
         t = tokens.shape[1]
         index = cache.index
         kv_mask = jax.lax.dynamic_update_slice(cache.mask, token_mask.astype(jnp.bool_), (0, index))
-        if fresh:
-            mask = token_mask.astype(jnp.bool_)[:, None, :] & jnp.tril(jnp.ones((t, t), jnp.bool_))[None]
-        else:
-            window = window or cache.max_len
-            slots = jnp.arange(window)
-            causal = slots[None, :] <= (index + jnp.arange(t))[:, None]  # [T, W]
-            mask = kv_mask[:, None, :window] & causal[None]
 
         # The whole cache rides in the scan carry and is updated in place per layer (no per-step copy of
         # all L layers' keys/values when the cache is donated).
         def step(carry, xs):
             x, k, v = carry
             blk, layer = xs
-            x, (k, v) = self._block(blk, x, positions, mask, (k, v, layer, index, fresh, window))
+            view = LayerCache(k=k, v=v, mask=kv_mask, layer=layer, index=index, fresh=fresh, window=window)
+            x, (k, v) = self._block(blk, x, positions, cache=view)
             return (x, k, v), None
 
         layers = jnp.arange(self.config.num_layers)
@@ -175,46 +169,48 @@ class Decoder(nnx.Module):
             return step
         return jax.checkpoint(step, policy=_REMAT_POLICIES[self.config.remat], prevent_cse=False)
 
-    def _block(self, blk: Blocks, x: jax.Array, positions: jax.Array, mask: jax.Array, cache=None):
-        """One transformer block on x [B, T, D] with mask [B, T, S].
+    def _block(self, blk: Blocks, x: jax.Array, positions: jax.Array, *, mask: attn.AttentionMask | None = None,
+               cache: LayerCache | None = None) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+        """One transformer block on x [B, T, D] -> (x, (k, v)).
 
-        cache = (k [L, B, S, K, H], v, layer, index, fresh, window) or None. Returns (x, (k, v)): the whole cache with
-        this layer's T new keys/values written at slots [index, index + T) when cache is given, else the new k, v.
-        With fresh (an empty cache) the attention uses the new keys/values only (mask [B, T, T]); otherwise the
-        first `window` slots (mask [B, T, window]).
+        Without a cache, attention runs over this call's T keys under `mask` and (k, v) are those keys
+        [B, T, K, H]. With a cache, attention.cached_attention writes them and derives the mask from the
+        cache; (k, v) is then the whole updated cache [L, B, S, K, H].
         """
         cfg = self.config
 
         def w(p):
             return p[...].astype(cfg.compute_dtype)
 
-        h = ops.rms_norm(x, w(blk.attn_norm), cfg.rms_norm_eps)
+        with jax.named_scope("attn_norm"):
+            h = ops.rms_norm(x, w(blk.attn_norm), cfg.rms_norm_eps)
         b, t = h.shape[:2]
-        h2 = ops.flat_tokens(h)  # M = B * T tokens (see ops.flat_tokens)
-        q = jnp.einsum("MD,DNH->MNH", h2, w(blk.wq)).reshape(b, t, cfg.num_heads, cfg.head_dim)
-        k = jnp.einsum("MD,DKH->MKH", h2, w(blk.wk)).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
-        v = jnp.einsum("MD,DKH->MKH", h2, w(blk.wv)).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
-        if cfg.qkv_bias:
-            q, k, v = q + w(blk.bq), k + w(blk.bk), v + w(blk.bv)
-        if cfg.qk_norm:
-            q = ops.rms_norm(q, w(blk.q_norm), cfg.rms_norm_eps)
-            k = ops.rms_norm(k, w(blk.k_norm), cfg.rms_norm_eps)
-        inv_freq = ops.rope_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
-        q = ops.rope(q, positions, inv_freq)
-        k = ops.rope(k, positions, inv_freq)
-        if cache is None:
-            keys, values = k, v
-        else:
-            k_all, v_all, layer, index, fresh, window = cache
-            new_k, new_v = k, v
-            k = jax.lax.dynamic_update_slice(k_all, k[None].astype(k_all.dtype), (layer, 0, index, 0, 0))
-            v = jax.lax.dynamic_update_slice(v_all, v[None].astype(v_all.dtype), (layer, 0, index, 0, 0))
-            keys, values = (new_k, new_v) if fresh else (k[layer, :, :window], v[layer, :, :window])
-        attn = ops.attention(q, keys.astype(q.dtype), values.astype(q.dtype), mask)
-        x = x + jnp.einsum("MNH,NHD->MD", ops.flat_tokens(attn), w(blk.wo)).reshape(x.shape)
-        h = ops.rms_norm(x, w(blk.mlp_norm), cfg.rms_norm_eps)
-        x = x + ops.swiglu(h, w(blk.w_gate), w(blk.w_up), w(blk.w_down))
-        return x, (k, v)
+        with jax.named_scope("qkv"):
+            h2 = ops.flat_tokens(h)  # M = B * T tokens (see ops.flat_tokens)
+            q = jnp.einsum("MD,DNH->MNH", h2, w(blk.wq)).reshape(b, t, cfg.num_heads, cfg.head_dim)
+            k = jnp.einsum("MD,DKH->MKH", h2, w(blk.wk)).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+            v = jnp.einsum("MD,DKH->MKH", h2, w(blk.wv)).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+            if cfg.qkv_bias:
+                q, k, v = q + w(blk.bq), k + w(blk.bk), v + w(blk.bv)
+            if cfg.qk_norm:
+                q = ops.rms_norm(q, w(blk.q_norm), cfg.rms_norm_eps)
+                k = ops.rms_norm(k, w(blk.k_norm), cfg.rms_norm_eps)
+        with jax.named_scope("rope"):
+            inv_freq = ops.rope_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
+            q = ops.rope(q, positions, inv_freq)
+            k = ops.rope(k, positions, inv_freq)
+        with jax.named_scope("attention"):
+            settings = dict(backend=cfg.attention, query_chunk=cfg.query_chunk)
+            if cache is None:
+                out, kv = attn.attention(q, k, v, mask, **settings), (k, v)
+            else:
+                out, kv = attn.cached_attention(q, k, v, cache, **settings)
+        with jax.named_scope("out_proj"):
+            x = x + jnp.einsum("MNH,NHD->MD", ops.flat_tokens(out), w(blk.wo)).reshape(x.shape)
+        with jax.named_scope("mlp"):
+            h = ops.rms_norm(x, w(blk.mlp_norm), cfg.rms_norm_eps)
+            x = x + ops.swiglu(h, w(blk.w_gate), w(blk.w_up), w(blk.w_down))
+        return x, kv
 
 
 def _random_arrays(cfg: ModelConfig, rng: jax.Array) -> dict[str, jax.Array]:
@@ -233,12 +229,22 @@ def _random_arrays(cfg: ModelConfig, rng: jax.Array) -> dict[str, jax.Array]:
     return arrays
 
 
-def abstract(cfg: ModelConfig) -> Decoder:
-    """The Decoder with jax.ShapeDtypeStruct leaves: parameter shapes/dtypes/axes without memory."""
+def abstract(cfg: ModelConfig, *, mesh=None, rules=sharding.STORAGE_RULES) -> Decoder:
+    """The Decoder with jax.ShapeDtypeStruct leaves: parameter shapes/dtypes/axes without memory.
+
+    With a mesh every leaf also carries its NamedSharding under `rules` (an AOT-compile or restore target).
+    """
     def build(key):
         return Decoder(cfg, _random_arrays(cfg, key))
 
-    return jax.eval_shape(build, jax.random.key(0))
+    shapes = jax.eval_shape(build, jax.random.key(0))
+    if mesh is None:
+        return shapes
+    return jax.tree.map(_with_sharding, shapes, sharding.model_shardings(shapes, mesh, rules))
+
+
+def _with_sharding(x: jax.ShapeDtypeStruct, s: jax.sharding.Sharding) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
 
 
 def init(cfg: ModelConfig, rng: jax.Array, *, mesh=None, rules=sharding.STORAGE_RULES) -> Decoder:

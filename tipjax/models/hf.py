@@ -19,11 +19,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import SingleDeviceSharding
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from tipjax.models import sharding as sharding_lib
-from tipjax.models.config import ModelConfig
+from tipjax.models.config import DEFAULT_QUERY_CHUNK, ModelConfig
 from tipjax.models.decoder import Decoder, param_specs
 from tipjax.models.hf_names import HF_NAMES, IGNORED_SUFFIXES, hf_shape, read_slice, to_hf
 
@@ -54,31 +54,59 @@ def _weight_files(path: Path) -> dict[str, Path]:
     """HF tensor name -> safetensors file, from the index when sharded."""
     index = path / INDEX_FILE
     if index.exists():
-        weight_map = json.loads(index.read_text())["weight_map"]
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"{index}: not a safetensors index (no readable weight_map: {err})") from None
         return {name: path / file for name, file in weight_map.items()}
     files = sorted(path.glob("*.safetensors"))
     if not files:
         raise ValueError(f"no *.safetensors in {path} (only safetensors checkpoints are read)")
     found = {}
     for file in files:
-        with safe_open(file, framework="numpy") as f:
+        with _open(file) as f:
             found.update(dict.fromkeys(f.keys(), file))
     return found
 
 
+def _open(file: Path):
+    """safe_open with the file named in the error (safetensors' own message does not name it)."""
+    try:
+        return safe_open(file, framework="numpy")
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"{file}: unreadable safetensors file, truncated or corrupt? ({err})") from None
+
+
+def _floating_dtype(name: str, dtype) -> str:
+    try:
+        dtype = jnp.dtype(dtype)
+    except TypeError:
+        raise ValueError(f"load_hf {name}={dtype!r} is not a dtype; use e.g. 'bfloat16' or 'float32'") from None
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(f"load_hf {name}={dtype.name} is not a floating dtype; use e.g. 'bfloat16' or 'float32'")
+    return dtype.name
+
+
 def load_hf(path, dtype=jnp.float32, *, compute_dtype=None, mesh=None, rules=sharding_lib.STORAGE_RULES,
-            remat="none") -> Decoder:
+            remat="none", attention="auto", query_chunk=DEFAULT_QUERY_CHUNK) -> Decoder:
     """Loads a local HF folder (config.json + single or sharded safetensors) as a Decoder in `dtype`.
 
     Every tensor is read slice by slice straight into its sharding under `rules` on `mesh` (one device when
-    no mesh), so a full copy never lands on one device.
+    no mesh), so a full copy never lands on one device. remat, attention and query_chunk are ModelConfig's.
     """
+    dtype = _floating_dtype("dtype", dtype)
+    if compute_dtype is not None:
+        compute_dtype = _floating_dtype("compute_dtype", compute_dtype)
     path = Path(path)
     config_file = path / "config.json"
     if not config_file.exists():
         raise ValueError(f"{config_file} not found")
-    cfg = ModelConfig.from_hf_dict(json.loads(config_file.read_text()), param_dtype=dtype,
-                                   compute_dtype=compute_dtype, remat=remat, source_dir=str(path))
+    try:
+        hf_config = json.loads(config_file.read_text())
+    except ValueError as err:
+        raise ValueError(f"{config_file}: not valid JSON ({err})") from None
+    cfg = ModelConfig.from_hf_dict(hf_config, param_dtype=dtype, compute_dtype=compute_dtype, remat=remat,
+                                   attention=attention, query_chunk=query_chunk, source_dir=str(path))
     files = _weight_files(path)
     expected = hf_tensor_names(cfg)
     missing = [n for n in expected if n not in files]
@@ -99,7 +127,7 @@ def load_hf(path, dtype=jnp.float32, *, compute_dtype=None, mesh=None, rules=sha
             for name, (shape, axes) in abstract_params.items()}
 
     with contextlib.ExitStack() as stack:
-        handles = {file: stack.enter_context(safe_open(file, framework="numpy")) for file in set(files.values())}
+        handles = {file: stack.enter_context(_open(file)) for file in set(files.values())}
         by_param: dict[str, list[str]] = {}
         for hf_name, (name, layout) in expected.items():
             shape = abstract_params[name][0]

@@ -1,7 +1,7 @@
-"""Pure decoder maths: RMSNorm, rotary embeddings (with llama3 scaling), grouped-query attention, SwiGLU.
+"""Pure decoder maths: RMSNorm, rotary embeddings (with llama3 scaling), positions, SwiGLU.
 
-Shape letters as in decoder.py: B batch, T query positions, S key positions, D model width, N query heads,
-K key/value heads, G = N // K query heads per kv head, H head dim, F MLP width.
+Attention lives in attention.py. Shape letters as in decoder.py: B batch, T query positions, S key positions,
+D model width, H head dim, F MLP width.
 """
 
 from __future__ import annotations
@@ -13,9 +13,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from tipjax.models.config import RopeScaling
-
-# Finite "minus infinity": a query with no visible key (e.g. left padding) gets a uniform, finite softmax.
-_MASKED = -1e30
 
 
 def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
@@ -52,43 +49,12 @@ def rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.Array:
     return out.astype(x.dtype)
 
 
-# Longer query blocks are processed QUERY_CHUNK rows at a time (rematerialised in the backward pass), so a
-# 10k-token rollout never holds a [T, S] score matrix per head: memory is O(QUERY_CHUNK * S).
-QUERY_CHUNK = 1024
+def positions_from_mask(mask: jax.Array) -> jax.Array:
+    """mask [B, S] (nonzero = real token) -> position ids [B, S] int32 counting real tokens from 0.
 
-
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-    """Grouped-query attention: q [B, T, N, H], k and v [B, S, K, H], mask [B, T, S] bool -> [B, T, N, H].
-
-    Scores and softmax in fp32 whatever the compute dtype; query heads n use kv head n // G, as HF's repeat_kv.
+    Left padding gets 0 (never attended to), padding after the last real token repeats its position.
     """
-    t = q.shape[1]
-    if t <= QUERY_CHUNK:
-        return _attention_block(q, k, v, mask)
-    pad = -t % QUERY_CHUNK
-    q = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0)))
-    mask = jnp.pad(mask, ((0, 0), (0, pad), (0, 0)))
-
-    def split(x):  # [B, T, ...] -> [T / C, B, C, ...]
-        return x.reshape(x.shape[0], -1, QUERY_CHUNK, *x.shape[2:]).swapaxes(0, 1)
-
-    def block(args):
-        return _attention_block(args[0], k, v, args[1])
-
-    out = jax.lax.map(jax.checkpoint(block), (split(q), split(mask)))
-    return out.swapaxes(0, 1).reshape(q.shape)[:, :t]
-
-
-def _attention_block(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-    b, t, n, h = q.shape
-    kv_heads = k.shape[2]
-    # Heads-major operands make both einsums plain batched matmuls (~1.6x faster on XLA:CPU than [B, T, ...]).
-    q = q.reshape(b, t, kv_heads, n // kv_heads, h).transpose(0, 2, 3, 1, 4) * jnp.asarray(h**-0.5, q.dtype)
-    scores = jnp.einsum("BKGTH,BKSH->BKGTS", q, k.transpose(0, 2, 1, 3), preferred_element_type=jnp.float32)
-    scores = jnp.where(mask[:, None, None], scores, _MASKED)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("BKGTS,BKSH->BKGTH", probs, v.transpose(0, 2, 1, 3))
-    return out.transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
+    return jnp.maximum(jnp.cumsum(mask.astype(bool), axis=1, dtype=jnp.int32) - 1, 0)
 
 
 def swiglu(x: jax.Array, w_gate: jax.Array, w_up: jax.Array, w_down: jax.Array) -> jax.Array:

@@ -1,0 +1,195 @@
+"""Grouped-query attention behind one interface: q, k, v plus a structured AttentionMask, several backends.
+
+Shape letters as in decoder.py: B batch, T queries, S key slots, N query heads, K kv heads, G = N // K, H head dim.
+
+The mask is described, not materialised: causal flag, the key slot of query 0 (cache decode), key validity
+(padding), optional segment ids, and a static window of key slots to read. A fused kernel can take that as
+is; the XLA backend builds the boolean [B, T, S] mask itself, one query chunk at a time.
+
+Backends (ModelConfig.attention):
+  "xla"       einsums with fp32 scores and softmax, queries in chunks of `query_chunk` rows (rematerialised
+              in the backward pass) so memory is O(query_chunk * S) per head.
+  "cudnn"     jax.nn.dot_product_attention(implementation="cudnn") (flash attention, bf16/fp16, CUDA).
+  "xla_sdpa"  the same call with implementation="xla": the cudnn path's plumbing, runnable on any device.
+  "auto"      cudnn where resolve_backend says it supports the call, else xla.
+
+cuDNN's query/key lengths assume right padding, and tipjax's prompts are left padded, so the cudnn path
+never passes lengths: a mask with padding, a cache offset or segments goes in as a dense [B, 1, T, S]
+boolean mask (jax turns it into a finite bias, so a query that sees no key gets a uniform, finite softmax,
+as with xla). Only self-attention without padding (causal or not) goes in as the is_causal flag alone.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+from jax.extend import backend as jax_backend
+
+from tipjax.models.cache import LayerCache
+from tipjax.models.config import ATTENTION_BACKENDS as BACKENDS
+from tipjax.models.config import DEFAULT_QUERY_CHUNK
+
+# Finite "minus infinity": a query with no visible key (e.g. left padding) gets a uniform, finite softmax.
+_MASKED = -1e30
+_CUDNN_DTYPES = ("bfloat16", "float16")
+
+
+@struct.dataclass
+class AttentionMask:
+    """Which key slots each query sees. Query j of a call sits at key slot q_offset + j and sees slot s iff
+
+        (not causal or s <= q_offset + j) and kv_valid[b, s] and q_segments[b, j] == kv_segments[b, s]
+        and s < window
+
+    kv_valid:    [B, S] bool or None (all valid): padding and unwritten cache slots are False.
+    q_offset:    [] int32 (may be traced) or None for 0: the key slot of query 0 (the cache index).
+    q_segments, kv_segments: [B, T] and [B, S] int32, both or neither (packed sequences).
+    causal:      static.
+    window:      static number of key slots to read (None: all S); every visible slot must be < window.
+    """
+
+    kv_valid: jax.Array | None = None
+    q_offset: jax.Array | None = None
+    q_segments: jax.Array | None = None
+    kv_segments: jax.Array | None = None
+    causal: bool = struct.field(pytree_node=False, default=True)
+    window: int | None = struct.field(pytree_node=False, default=None)
+
+    def __post_init__(self):
+        if (self.q_segments is None) != (self.kv_segments is None):
+            raise ValueError("AttentionMask needs both q_segments and kv_segments, or neither")
+
+    def dense(self, t: int, s: int) -> jax.Array:
+        """The boolean mask [B or 1, t, s] of queries 0 .. t-1 over the first s key slots."""
+        return _visible(self, 0, t, s, self.q_segments)
+
+    @property
+    def needs_dense(self) -> bool:
+        """Whether a kernel with only an is_causal flag needs the dense mask: padding, segments, cache offset."""
+        return self.kv_valid is not None or self.q_segments is not None or (self.causal and self.q_offset is not None)
+
+
+def current_platform() -> str:
+    """"cuda", "rocm", "cpu", "tpu", ...: the default backend, with GPUs told apart (cuDNN is CUDA only)."""
+    platform = jax.default_backend()
+    if platform == "gpu":
+        version = jax_backend.get_backend().platform_version.lower()
+        return "cuda" if "cuda" in version else "rocm"
+    return platform
+
+
+def resolve_backend(requested: str, platform: str, dtype, head_dim: int, *, dense_mask: bool = False,
+                    t: int = 2, s: int = 2) -> str:
+    """The backend that runs: "xla", "cudnn" or "xla_sdpa". Pure, so every case is testable on CPU.
+
+    "auto" picks cudnn on CUDA for bf16/fp16 with head_dim a multiple of 8 up to 128 (cuDNN's limit before
+    Hopper) and, when a dense mask goes in as a bias, even t and s (cuDNN's bias rule for training);
+    everything else (fp32, CPU/TPU, single-token decode) runs xla. An explicit "cudnn" that cannot run is an
+    error rather than a silent fallback.
+    """
+    if requested not in BACKENDS:
+        raise ValueError(f"attention backend {requested!r} is not one of {BACKENDS}")
+    dtype = jnp.dtype(dtype).name
+    if requested == "cudnn":
+        if platform != "cuda" or dtype not in _CUDNN_DTYPES:
+            raise ValueError(f"attention='cudnn' needs a CUDA GPU and bfloat16/float16 inputs, got platform "
+                             f"{platform!r} and {dtype}; use attention='auto' or 'xla'")
+        return "cudnn"
+    if requested != "auto":
+        return requested
+    supported = (platform == "cuda" and dtype in _CUDNN_DTYPES and head_dim % 8 == 0 and head_dim <= 128
+                 and not (dense_mask and (t % 2 or s % 2)))
+    return "cudnn" if supported else "xla"
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: AttentionMask, *, backend: str = "xla",
+              query_chunk: int = DEFAULT_QUERY_CHUNK) -> jax.Array:
+    """q [B, T, N, H], k and v [B, S, K, H] (same dtype), mask -> [B, T, N, H] in the dtype of q.
+
+    Query head n uses kv head n // G, as HF's repeat_kv. Only the first mask.window key slots are read.
+    """
+    if mask.window is not None and mask.window < k.shape[1]:
+        k, v = k[:, :mask.window], v[:, :mask.window]
+    t, s = q.shape[1], k.shape[1]
+    impl = resolve_backend(backend, current_platform(), q.dtype, q.shape[-1], dense_mask=mask.needs_dense, t=t, s=s)
+    if impl == "xla":
+        return _xla_attention(q, k, v, mask, query_chunk)
+    implementation = "cudnn" if impl == "cudnn" else "xla"
+    if not mask.needs_dense:
+        return jax.nn.dot_product_attention(q, k, v, is_causal=mask.causal, implementation=implementation)
+    # is_causal on top of the dense mask lets cuDNN skip the blocks above the diagonal (offset 0 only).
+    return jax.nn.dot_product_attention(q, k, v, mask=mask.dense(t, s)[:, None],
+                                        is_causal=mask.causal and mask.q_offset is None,
+                                        implementation=implementation)
+
+
+def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, cache: LayerCache, *, backend: str = "xla",
+                     query_chunk: int = DEFAULT_QUERY_CHUNK) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    """Writes this call's k, v [B, T, K, H] into the cache at (cache.layer, cache.index) and attends over it.
+
+    Returns (out [B, T, N, H], (k_all, v_all) [L, B, S, K, H]). With cache.fresh (an empty cache) queries
+    attend over the T new keys only ([T, T] scores, not [T, S]); otherwise over the first cache.window slots.
+    """
+    t = q.shape[1]
+    at = (cache.layer, 0, cache.index, 0, 0)
+    k_all = jax.lax.dynamic_update_slice(cache.k, k[None].astype(cache.k.dtype), at)
+    v_all = jax.lax.dynamic_update_slice(cache.v, v[None].astype(cache.v.dtype), at)
+    if cache.fresh:
+        # Index 0 is promised, so slots [0, T) of the mask are this call's tokens and the offset is static.
+        keys, values = k, v
+        mask = AttentionMask(kv_valid=cache.mask[:, :t])
+    else:
+        keys, values = k_all[cache.layer], v_all[cache.layer]
+        mask = AttentionMask(kv_valid=cache.mask, q_offset=cache.index, window=cache.window)
+    out = attention(q, keys.astype(q.dtype), values.astype(q.dtype), mask, backend=backend,
+                    query_chunk=query_chunk)
+    return out, (k_all, v_all)
+
+
+def _visible(mask: AttentionMask, start, t: int, s: int, q_segments: jax.Array | None) -> jax.Array:
+    """[B or 1, t, s] bool for queries start .. start+t-1 (q_segments: theirs, [B, t])."""
+    visible = jnp.ones((1, t, s), jnp.bool_)
+    if mask.causal:
+        offset = 0 if mask.q_offset is None else jnp.asarray(mask.q_offset)[..., None]
+        q_slot = offset + start + jnp.arange(t)
+        visible = jnp.arange(s) <= q_slot[..., None]
+        visible = visible if visible.ndim == 3 else visible[None]
+    if mask.kv_valid is not None:
+        visible = visible & mask.kv_valid[:, None, :s].astype(jnp.bool_)
+    if q_segments is not None:
+        visible = visible & (q_segments[:, :, None] == mask.kv_segments[:, None, :s])
+    return visible
+
+
+def _xla_attention(q, k, v, mask: AttentionMask, query_chunk: int) -> jax.Array:
+    t, s = q.shape[1], k.shape[1]
+    if t <= query_chunk:
+        return _attention_block(q, k, v, _visible(mask, 0, t, s, mask.q_segments))
+    pad = -t % query_chunk
+
+    def split(x):  # [B, T, ...] -> [T / C, B, C, ...], T padded to a multiple of C
+        x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
+        return x.reshape(x.shape[0], -1, query_chunk, *x.shape[2:]).swapaxes(0, 1)
+
+    def block(args):
+        q_chunk, start, q_segments = args
+        return _attention_block(q_chunk, k, v, _visible(mask, start, query_chunk, s, q_segments))
+
+    starts = jnp.arange(0, t + pad, query_chunk)
+    segments = None if mask.q_segments is None else split(mask.q_segments)
+    out = jax.lax.map(jax.checkpoint(block), (split(q), starts, segments))
+    return out.swapaxes(0, 1).reshape(q.shape[0], t + pad, *q.shape[2:])[:, :t]
+
+
+def _attention_block(q, k, v, visible) -> jax.Array:
+    """q [B, T, N, H], k and v [B, S, K, H], visible [B or 1, T, S] bool -> [B, T, N, H]; fp32 softmax."""
+    b, t, n, h = q.shape
+    kv_heads = k.shape[2]
+    # Heads-major operands make both einsums plain batched matmuls (~1.6x faster on XLA:CPU than [B, T, ...]).
+    q = q.reshape(b, t, kv_heads, n // kv_heads, h).transpose(0, 2, 3, 1, 4) * jnp.asarray(h**-0.5, q.dtype)
+    scores = jnp.einsum("BKGTH,BKSH->BKGTS", q, k.transpose(0, 2, 1, 3), preferred_element_type=jnp.float32)
+    scores = jnp.where(visible[:, None, None], scores, _MASKED)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("BKGTS,BKSH->BKGTH", probs, v.transpose(0, 2, 1, 3))
+    return out.transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
