@@ -1,5 +1,7 @@
 """distill_loss: values and gradients against a dense masked loss, metrics, empty masks, bad input, memory."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -265,3 +267,19 @@ def test_loss_grad_memory_scales_with_chunks_not_with_positions(backward):
     one_logits = t * v * 4
     assert temp(naive) >= 2 * one_logits
     assert temp(tip) < 0.25 * one_logits
+
+
+@pytest.mark.parametrize("rule,ratio", [("all", 1.0), ("soft_or", 0.5)])
+def test_default_divergence_is_reverse_kl(rule, ratio):
+    """Without divergence=: mean over kept tokens of sum_v p_s (log p_s - log p_t) (Eq. 1), not the forward KL."""
+    hs, ws, ht, wt, mask = inputs(9)
+    hs = 3.0 * hs  # a sharper student than teacher, so the two KL directions are far apart
+    rng = jax.random.PRNGKey(0)
+    value, _ = jax.jit(functools.partial(selection.distill_loss, rule=rule, ratio=ratio, rng=rng))(hs, ws, ht, wt, mask)
+    keep = kept_positions(hs, ws, ht, wt, mask, rule, ratio, rng) > 0
+    ls = ref.log_softmax(np.asarray(hs, np.float64) @ np.asarray(ws, np.float64))
+    lt = ref.log_softmax(np.asarray(ht, np.float64) @ np.asarray(wt, np.float64))
+    reverse = np.sum(np.exp(ls) * (ls - lt), -1)[keep].mean()
+    forward = np.sum(np.exp(lt) * (lt - ls), -1)[keep].mean()
+    np.testing.assert_allclose(float(value), reverse, rtol=1e-5)
+    assert abs(forward - reverse) > 0.05 * reverse

@@ -45,11 +45,16 @@ def test_response_hidden_reproduces_the_sampler_logprobs(which):
                                atol=2e-5, rtol=0)
 
 
-def test_micro_batches_with_different_kept_counts_equal_one_batch():
+@pytest.mark.parametrize("variant, scope", [
+    ("all", "batch"),          # one pass, micro-batch losses weighted by their kept-token counts
+    ("soft_or50", "batch"),    # statistics pass over the whole batch, then the gradient pass
+    ("q3_20", "rollout"),
+])
+def test_micro_batches_with_different_kept_counts_equal_one_batch(variant, scope):
     """One sample per prompt, greedy: rows differ in length, so micro-batches keep different token counts."""
-    base = _tiny("soft_or50", "--config.rollout.temperature=0.0", "--config.rollout.samples_per_prompt=1",
+    base = _tiny(variant, "--config.rollout.temperature=0.0", "--config.rollout.samples_per_prompt=1",
                  "--config.prompts_per_step=8", "--config.rollout.max_new_tokens=24",
-                 "--config.selection.options={'norm_scope': 'rollout'}")
+                 f"--config.selection.options={{'norm_scope': '{scope}'}}")
     batch = next(SyntheticPrompts(base.data, base.prompts_per_step, 256))
     student = train.setup(base).student
     free = sampling.generate(student, batch["prompt_ids"], batch["prompt_mask"], max_new_tokens=24,
@@ -64,11 +69,14 @@ def test_micro_batches_with_different_kept_counts_equal_one_batch():
         state = s.init_fn(s.student, jax.random.PRNGKey(0))
         # Precondition: the rows' response lengths, hence each micro-batch's kept counts, differ.
         lengths = np.asarray(s.rollout_fn(state, batch["prompt_ids"], batch["prompt_mask"]))
-        kept = np.floor(0.5 * lengths)
+        kept = np.floor(train_config.VARIANTS[variant][1] * lengths)
         per_part = [kept[j::4].sum() for j in range(4)]
         assert len(set(per_part)) > 1, per_part
         new_state, metrics = s.step_fn(state, s.teacher, batch["prompt_ids"], batch["prompt_mask"])
-        results[m] = (float(metrics["loss"]), jax.tree.leaves(new_state.params))
+        results[m] = (float(metrics["loss"]), jax.tree.leaves(new_state.params), metrics)
+        assert float(metrics["logprob_gap_max"]) < 1e-4  # trainer and sampler agree on every drawn token
     np.testing.assert_allclose(results[4][0], results[1][0], rtol=1e-5)
+    for key in ("n_kept", "kept_fraction", "q1", "q2", "q3", "q4", "rkl_kept"):  # whole-batch metrics
+        np.testing.assert_allclose(float(results[4][2][key]), float(results[1][2][key]), rtol=1e-5, err_msg=key)
     for a, b in zip(results[1][1], results[4][1]):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)

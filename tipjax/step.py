@@ -74,30 +74,115 @@ def build_rollout(settings: StepSettings) -> Callable:
     return rollout
 
 
+def two_phase(settings: StepSettings, n_new: int) -> bool:
+    """Whether the step selects with a statistics pass over the whole batch before its gradient pass.
+
+    Needed when batch statistics decide the selection (norm_scope "batch": clip quantile, min-max, medians, and
+    unit "batch" ranking) and the batch is split into micro-batches; one micro-batch, a rule that keeps every
+    token, or norm_scope "micro_batch" (statistics per micro-batch, no extra forward) select in the loss pass.
+    """
+    sel = settings.selection
+    options = selection.SelectionOptions(**sel.options)
+    return (settings.micro_batches > 1 and options.norm_scope != "micro_batch"
+            and not selection.keeps_all(sel.rule, sel.ratio, None, n_new))
+
+
+def _nonfinite(hidden, mask):
+    """Response positions whose hidden state holds a non-finite value ([b, N, D], [b, N] -> [])."""
+    return jnp.sum(~jnp.all(jnp.isfinite(hidden), axis=-1) & mask.astype(bool)).astype(jnp.float32)
+
+
+def _logprob_gap(token_stats, sampled_logprobs, mask):
+    """|trainer log p(token) - sampler log p(token)| over response tokens ([B, N] each) -> (mean, max)."""
+    gap = jnp.where(mask.astype(bool), jnp.abs(token_stats["student_token_logprob"] - sampled_logprobs), 0.0)
+    return jnp.sum(gap) / jnp.maximum(jnp.sum(mask), 1), jnp.max(gap)
+
+
 def build_step(settings: StepSettings, optimizer: optax.GradientTransformation,
                schedule: optax.Schedule) -> Callable:
     """The training step for fixed settings; see the module docstring."""
     roll, sel = settings.rollout, settings.selection
     options = selection.SelectionOptions(**sel.options)
     token_mean = options.aggregation == "token_mean"
+    loss_args = dict(divergence=sel.divergence, beta=sel.beta, chunk_size=sel.chunk_size)
+    m = settings.micro_batches
+
+    def forward(model, part):
+        """Response hidden states of one micro-batch [b, N, D]."""
+        prompt_len = part["tokens"].shape[1] - part["resp_mask"].shape[1]
+        return response_hidden(model, part["tokens"], part["seq_mask"], prompt_len)
 
     def micro_loss(params, teacher, teacher_head, part, key):
-        """The TIP loss of one micro-batch; the teacher scores it first (frozen, no gradient)."""
-        tokens, seq_mask, resp_mask = part["tokens"], part["seq_mask"], part["resp_mask"]
-        prompt_len = tokens.shape[1] - resp_mask.shape[1]
+        """Select and score in one pass: the TIP loss of one micro-batch, weighted for accumulation."""
         with jax.named_scope("teacher"):
-            teacher_hidden = jax.lax.stop_gradient(response_hidden(teacher, tokens, seq_mask, prompt_len))
+            teacher_hidden = jax.lax.stop_gradient(forward(teacher, part))
         with jax.named_scope("student"):
-            student_hidden = response_hidden(params, tokens, seq_mask, prompt_len)
+            student_hidden = forward(params, part)
         with jax.named_scope("selection"):
-            loss, metrics = selection.distill_loss(
-                student_hidden, params.head()[:, :settings.vocab], teacher_hidden, teacher_head, resp_mask,
-                rule=sel.rule, ratio=sel.ratio, rng=key, divergence=sel.divergence, chunk_size=sel.chunk_size,
-                options=options, beta=sel.beta)
+            loss, metrics, token_stats = selection.distill_loss(
+                student_hidden, params.head()[:, :settings.vocab], teacher_hidden, teacher_head, part["resp_mask"],
+                rule=sel.rule, ratio=sel.ratio, rng=key, options=options, tokens=part["resp_tokens"],
+                return_token_stats=True, **loss_args)
+        metrics.update(n_teacher_nonfinite=_nonfinite(teacher_hidden, part["resp_mask"]),
+                       n_student_nonfinite=_nonfinite(student_hidden, part["resp_mask"]))
         # Micro-batch losses are summed with these weights, so the step's loss is the mean over the whole
         # batch's kept tokens (token_mean) or rollouts (rollout_mean), whatever the micro-batching.
-        weight = metrics["n_kept"] if token_mean else jnp.asarray(resp_mask.shape[0], jnp.float32)
-        return loss * weight, (metrics, weight)
+        weight = metrics["n_kept"] if token_mean else jnp.asarray(part["resp_mask"].shape[0], jnp.float32)
+        return loss * weight, ((metrics, token_stats), weight)
+
+    def one_pass(params, teacher, teacher_head, batch, key):
+        def loss_fn(p, part, part_key):
+            return micro_loss(p, teacher, teacher_head, part, part_key)
+
+        loss, grads, (mb_metrics, mb_stats), _ = optim.accumulate(
+            loss_fn, params, batch, m, part_args=jax.random.split(key, m), split_sharding=settings.split_sharding,
+            param_shardings=settings.param_shardings)
+        token_stats = {k: rows.merge(v) for k, v in mb_stats.items()}
+        if m > 1 and selection.keeps_all(sel.rule, sel.ratio, None, batch["resp_mask"].shape[1]):
+            # Every token kept: the whole batch's metrics (quadrant medians included) from the merged statistics.
+            metrics = selection.plan(sel.rule, token_stats, batch["resp_mask"], sel.ratio, key, options=options).metrics
+            metrics.update({k: jnp.sum(mb_metrics[k]) for k in ("n_teacher_nonfinite", "n_student_nonfinite")})
+        else:
+            # Counts add up over micro-batches; shares and means are averaged (exact for one micro-batch).
+            metrics = {k: jnp.sum(v) if k.startswith("n_") else jnp.mean(v) for k, v in mb_metrics.items()}
+        return loss, grads, metrics, token_stats
+
+    def two_passes(params, teacher, teacher_head, batch, key):
+        student_head = params.head()[:, :settings.vocab]
+
+        def stats_part(part):
+            teacher_hidden = forward(teacher, part)
+            student_hidden = jax.lax.stop_gradient(forward(params, part))
+            token_stats = selection.token_stats_from_hidden(
+                student_hidden, student_head, teacher_hidden, teacher_head, part["resp_mask"],
+                chunk_size=sel.chunk_size, tokens=part["resp_tokens"], beta=None)
+            return teacher_hidden, token_stats, _nonfinite(teacher_hidden, part["resp_mask"]), _nonfinite(
+                student_hidden, part["resp_mask"])
+
+        # Statistics pass (no gradient): the teacher's hidden states are kept for the gradient pass.
+        with jax.named_scope("statistics"):
+            parts = jax.tree.map(lambda x: rows.split(x, m, settings.split_sharding), batch)
+            teacher_hidden, mb_stats, bad_teacher, bad_student = jax.lax.map(stats_part, parts)
+            teacher_hidden = rows.merge(teacher_hidden)
+            token_stats = {k: rows.merge(v) for k, v in mb_stats.items()}
+        with jax.named_scope("selection"):
+            plan = selection.plan(sel.rule, token_stats, batch["resp_mask"], sel.ratio, key, options=options)
+        planned = dict(tokens=batch["tokens"], seq_mask=batch["seq_mask"], resp_mask=batch["resp_mask"],
+                       idx=plan.idx, scale=plan.scale, teacher=selection.gather(teacher_hidden, plan.idx))
+
+        def loss_fn(p, part, _):
+            with jax.named_scope("student"):
+                student_hidden = selection.gather(forward(p, part), part["idx"])
+            loss = selection.planned_loss(student_hidden, p.head()[:, :settings.vocab], part["teacher"],
+                                          teacher_head, None, part["scale"], **loss_args)
+            return loss, ({}, jnp.ones((), jnp.float32))
+
+        # Gradient pass: plan.scale holds the whole batch's normaliser, so the micro-batch losses just add up.
+        loss, grads, _, _ = optim.accumulate(loss_fn, params, planned, m, mean=False,
+                                             split_sharding=settings.split_sharding,
+                                             param_shardings=settings.param_shardings)
+        metrics = dict(plan.metrics, n_teacher_nonfinite=jnp.sum(bad_teacher), n_student_nonfinite=jnp.sum(bad_student))
+        return loss, grads, metrics, token_stats
 
     def step(state: optim.TrainState, teacher, prompt_ids: jax.Array, prompt_mask: jax.Array):
         rng, roll_key, select_key = jax.random.split(state.rng, 3)
@@ -109,29 +194,25 @@ def build_step(settings: StepSettings, optimizer: optax.GradientTransformation,
             out = _rollout(settings, params, prompt_ids, prompt_mask, roll_key)
         resp_mask = out.response_mask[:, prompt_len:]
         seq_mask = jnp.concatenate([jnp.repeat(prompt_mask, roll.samples_per_prompt, axis=0), resp_mask], axis=1)
+        batch = dict(tokens=out.tokens, seq_mask=seq_mask, resp_mask=resp_mask, resp_tokens=out.tokens[:, prompt_len:])
 
-        # 2-4. Teacher scoring and the student's TIP loss, micro-batch by micro-batch, gradients accumulated.
-        m = settings.micro_batches
+        # 2-4. Teacher scoring, selection and the student's TIP loss, micro-batch by micro-batch.
         teacher_head = jax.lax.stop_gradient(teacher.head()[:, :settings.vocab])
-
-        def loss_fn(p, part, key):
-            return micro_loss(p, teacher, teacher_head, part, key)
-
-        batch = dict(tokens=out.tokens, seq_mask=seq_mask, resp_mask=resp_mask)
-        loss, grads, mb_metrics, _ = optim.accumulate(
-            loss_fn, params, batch, m, part_args=jax.random.split(select_key, m), split_sharding=settings.split_sharding,
-            param_shardings=settings.param_shardings)
+        passes = two_passes if two_phase(settings, resp_mask.shape[1]) else one_pass
+        loss, grads, metrics, token_stats = passes(params, teacher, teacher_head, batch, select_key)
 
         # 5. Clip + AdamW; a non-finite loss or gradient skips the whole update (and is counted).
         with jax.named_scope("update"):
-            new_state, metrics = optim.apply_update(state, loss, grads, optimizer, schedule, rng=rng)
+            new_state, update_metrics = optim.apply_update(state, loss, grads, optimizer, schedule, rng=rng)
 
+        # The trainer's log-probabilities of the sampled tokens against the sampler's: ~0 up to dtype rounding.
+        gap_mean, gap_max = _logprob_gap(token_stats, out.logprobs[:, prompt_len:], resp_mask)
         lengths = out.lengths.astype(jnp.float32)
-        # Counts add up over micro-batches; shares and means are averaged.
-        metrics.update({k: jnp.sum(v) if k.startswith("n_") else jnp.mean(v) for k, v in mb_metrics.items()})
+        metrics.update(update_metrics)
         metrics.update(
             response_length_mean=jnp.mean(lengths), response_length_max=jnp.max(lengths),
-            truncation_rate=jnp.mean(out.truncated.astype(jnp.float32)), response_tokens=jnp.sum(lengths))
+            truncation_rate=jnp.mean(out.truncated.astype(jnp.float32)), response_tokens=jnp.sum(lengths),
+            logprob_gap_mean=gap_mean, logprob_gap_max=gap_max)
         return new_state, metrics
 
     return step

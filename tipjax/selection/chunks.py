@@ -56,6 +56,16 @@ def map_chunks(fn, arrays, chunk_size, *, remat=False):
     return scan_chunks(step, (), arrays, chunk_size)[1]
 
 
+def zero_unweighted(student_hidden, teacher_hidden, weight):
+    """Zero the hidden states [C, D] of positions whose loss weight [C] is 0.
+
+    Their loss terms are discarded anyway, but a non-finite hidden state there (a NaN row the selection
+    skipped, or a buffer slot pointing at it) would still reach the gradients as 0 * NaN.
+    """
+    live = (weight > 0)[:, None]
+    return jnp.where(live, student_hidden, 0), jnp.where(live, teacher_hidden, 0)
+
+
 def project(hidden, head):
     """Logits of one chunk in fp32: [C, D] @ [D, V] -> [C, V], accumulated in fp32 whatever the input dtypes."""
     dtype = jnp.promote_types(hidden.dtype, head.dtype)

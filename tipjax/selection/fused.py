@@ -28,6 +28,7 @@ def _scan(
 
     def step(carry, chunk):
         hs, ht, w, tok = chunk
+        hs, ht = chunks.zero_unweighted(hs, ht, w)
         logits_s = chunks.project(hs, student_head)
         logits_t = chunks.project(ht, teacher_head)
 

@@ -1,11 +1,25 @@
 """Batch normalisation of the TIP axes (PAPER.md Sec. 6, 7.3 step 2): clipped, min-max normalised entropy and divergence.
 
-Statistics are taken over the valid (mask != 0) tokens of the whole [B, T] arrays given ("batch") or of each
-row ("rollout"). Under `jax.jit` with inputs sharded over devices, "batch" is therefore the global batch:
-XLA gathers what the sort and the reductions need.
+Statistics are taken over the valid tokens of the whole [B, T] arrays given ("batch", "micro_batch") or of
+each row ("rollout"). Valid means mask != 0 and finite statistics (`finite_mask`): one NaN logit must not turn
+every bound into NaN. Under `jax.jit` with inputs sharded over devices, "batch" is therefore the global
+batch: XLA gathers what the sort and the reductions need.
 """
 
 import jax.numpy as jnp
+
+
+# The statistics the rules read; a token with any of them non-finite cannot be ranked.
+RANKED_STATS = ("entropy", "rkl", "fkl")
+
+
+def finite_mask(stats, mask):
+    """[B, T] bool: mask != 0 and every statistic of RANKED_STATS present in `stats` finite."""
+    ok = mask.astype(bool)
+    for name in RANKED_STATS:
+        if name in stats:
+            ok = ok & jnp.isfinite(stats[name])
+    return ok
 
 
 def masked_quantile(x, mask, q, *, per_row):
@@ -42,8 +56,10 @@ def normalised_axes(stats, mask, *, scope="batch", clip_quantile=0.98):
 
     h_hat: entropy clipped at its `clip_quantile` over valid tokens, then min-max normalised.
     d_hat: reverse KL min-max normalised (not clipped, as in the paper).
+    Tokens with a non-finite statistic are left out of every bound and get 0.
     """
     per_row = scope == "rollout"
+    mask = finite_mask(stats, mask)
     h = stats["entropy"]
     h = jnp.minimum(h, masked_quantile(h, mask, clip_quantile, per_row=per_row))
     return min_max(h, mask, per_row=per_row), min_max(stats["rkl"], mask, per_row=per_row)

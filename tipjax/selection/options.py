@@ -5,7 +5,7 @@ The dataclass is frozen and hashable so it can be a static argument under `jax.j
 
 import dataclasses
 
-NORM_SCOPES = ("batch", "rollout")
+NORM_SCOPES = ("batch", "rollout", "micro_batch")
 UNITS = ("rollout", "batch")
 AGGREGATIONS = ("token_mean", "rollout_mean")
 
@@ -17,7 +17,12 @@ class SelectionOptions:
     Attributes:
       norm_scope: "batch" clips entropy at its `clip_quantile` and min-max normalises entropy and
         divergence over all valid tokens of the arrays given (under `jax.jit` with sharded inputs that is
-        the global batch across devices); "rollout" does both per row.
+        the global batch across devices); "rollout" does both per row. "micro_batch" tells the trainer to
+        take the statistics (clip, min-max, quadrant medians, and the ranking of unit="batch") over each
+        micro-batch's rollouts: one fused student pass per micro-batch, no whole-batch statistics pass (one
+        student forward fewer per step), at the price of selections that depend on how rows fall into
+        micro-batches. Inside this package it behaves exactly like "batch" on the arrays given; the trainer
+        decides which arrays those are.
       unit: "rollout" keeps floor(ratio * m_i) tokens per row (Eq. 8); "batch" keeps
         floor(ratio * sum_i m_i) tokens ranked over the whole batch. Rows stay a static [B, K] buffer, so with
         "batch" a row holds at most K = min(T, ceil(batch_capacity * ratio * T)) tokens; the surplus of a row

@@ -134,7 +134,8 @@ def select_weighted(rule, stats, mask, ratio, rng, *, capacity=None, options=Sel
     Args:
       rule: one of RULES. "all" keeps every valid token and ignores ratio.
       stats: dict of [B, T] statistics (see stats.py); rules read entropy, rkl and fkl.
-      mask: [B, T] response mask (nonzero = a token that may be selected).
+      mask: [B, T] response mask (nonzero = a token that may be selected). Except for "all", tokens with a
+        non-finite entropy, rkl or fkl are treated as masked.
       ratio: retention ratio in (0, 1], Python float or traced scalar.
       rng: PRNG key (used by random and entropy_sample).
       capacity: static K; required when ratio is traced. Default `default_capacity`.
@@ -153,7 +154,8 @@ def select_weighted(rule, stats, mask, ratio, rng, *, capacity=None, options=Sel
     if not isinstance(capacity, int) or not 1 <= capacity <= t:
         raise ValueError(f"capacity={capacity!r} must be an int in [1, T={t}]")
 
-    valid_mask = mask.astype(bool)
+    # A token with a non-finite statistic cannot be ranked: it is dropped as if masked (m_i counts it out).
+    valid_mask = mask.astype(bool) if rule == "all" else normalise.finite_mask(stats, mask)
     score, log_w = scores(rule, stats, valid_mask, rng, options)
     key = rank_key(score, valid_mask)
     m = jnp.sum(valid_mask, axis=-1)

@@ -8,6 +8,7 @@ Keys of every stats dict, each [B, T]:
   jsd                jsd(beta) (see losses.jsd), when beta is not None
   teacher_token_prob P_T(tokens_t), when tokens are given: tokens[b, t] is the token sampled from the
                      distribution at position t (already shifted by the caller)
+  student_token_logprob log P_S(tokens_t), when tokens are given (the sampler's log-probability, recomputed)
 """
 
 import math
@@ -33,6 +34,7 @@ def position_stats(student_logits, teacher_logits, *, tokens=None, beta=0.5):
         out["jsd"] = losses.mixture_jsd(log_ps, log_pt, beta)
     if tokens is not None:
         out["teacher_token_prob"] = jnp.exp(jnp.take_along_axis(log_pt, tokens[..., None], axis=-1)[..., 0])
+        out["student_token_logprob"] = jnp.take_along_axis(log_ps, tokens[..., None], axis=-1)[..., 0]
     return out
 
 
