@@ -104,11 +104,12 @@ def _peak_memory() -> dict:
 def run_steps(state, step_fn: Callable, batches: Iterator, *, start: int, end: int, total: int,
               checkpoints: ckpt_lib.Checkpointer, logbook: metrics_log.MetricsLog, source_state: Callable[[], Any],
               max_skipped: int, token_key: str | None = None, before_step: Callable | None = None,
-              after_step: Callable | None = None) -> tuple[Any, dict]:
+              after_step: Callable | None = None, watch: Callable | None = None) -> tuple[Any, dict]:
     """Steps start+1 .. end: `state, metrics = step_fn(state, batch)` on each batch, then metrics, hooks, saves.
 
     before_step(step, state, batch) -> dict of extra metrics measured before the step (e.g. rollout timing);
     after_step(step, state) -> dict of extra metrics logged after it (e.g. periodic evaluation).
+    watch(metrics): looks at each step's host metrics (e.g. to warn about a quantity out of its range).
     Checkpoints are saved every checkpoint.every steps and at `end`, never for a run that stopped learning.
     """
     from tqdm import tqdm
@@ -131,6 +132,8 @@ def run_steps(state, step_fn: Callable, batches: Iterator, *, start: int, end: i
                 extra.update(rollout_tokens_per_s=tokens / rollout,
                              update_tokens_per_s=tokens / max(seconds - rollout, 1e-9))
         metrics.update(extra)
+        if watch is not None:
+            watch(metrics)
         error = non_finite_error(metrics, max_skipped, step + 1)
         if error is None and after_step is not None:
             metrics.update(after_step(step + 1, state) or {})
