@@ -57,11 +57,7 @@ class FilePrompts:
     """Prompts from a .jsonl/.parquet file through tipjax.data, repeating over epochs, this process's shard."""
 
     def __init__(self, spec: DataSpec, batch_size: int, tokenizer):
-        fields = (spec.prompt_field,) if spec.prompt_field else data.PromptOptions.prompt_fields
-        options = data.PromptOptions(prompt_fields=fields, answer_field=spec.answer_field,
-                                     instruction=spec.instruction, enable_thinking=spec.enable_thinking,
-                                     max_prompt_length=spec.max_prompt_lengthgth, overlong=spec.overlong)
-        self.prompt_set = data.load_prompts(spec.source, tokenizer, options)
+        self.prompt_set = data.load_prompts(spec.source, tokenizer, prompt_options(spec))
         loader = data.LoaderOptions(batch_size=batch_size, seed=spec.seed, num_epochs=None,
                                     buckets=(spec.max_prompt_length,))
         self.iterator = data.make_iterator(self.prompt_set, data.pad_token_id(tokenizer), loader)
