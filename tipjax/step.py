@@ -134,8 +134,10 @@ def build_step(settings: StepSettings, optimizer: optax.GradientTransformation,
         def loss_fn(p, part, part_key):
             return micro_loss(p, teacher, teacher_head, part, part_key)
 
+        # One micro-batch draws with `key` itself, as the whole-batch plan of the two-pass step does.
+        keys = key[None] if m == 1 else jax.random.split(key, m)
         loss, grads, (mb_metrics, mb_stats), _ = optim.accumulate(
-            loss_fn, params, batch, m, part_args=jax.random.split(key, m), split_sharding=settings.split_sharding,
+            loss_fn, params, batch, m, part_args=keys, split_sharding=settings.split_sharding,
             param_shardings=settings.param_shardings)
         token_stats = {k: rows.merge(v) for k, v in mb_stats.items()}
         if m > 1 and selection.keeps_all(sel.rule, sel.ratio, None, batch["resp_mask"].shape[1]):
