@@ -105,20 +105,20 @@ def test_query_chunks_match_one_block(name):
 
 def test_cached_attention_fresh_and_window_equal_full_reads():
     """fresh (new keys only) and window (a prefix of slots) read the same keys as the full cache would."""
-    b, t, s, layers = 2, 4, 10, 3
+    b, t, s = 2, 4, 10
     q, k, v = qkv(b, t, t, seed=2)
     valid = jnp.asarray(left_padding(b, t, [4, 2]))
     kv_mask = jnp.zeros((b, s), bool).at[:, :t].set(valid)
-    zeros = jnp.zeros((layers, b, s, 2, 8))
-    base = dict(k=zeros, v=zeros, mask=kv_mask, layer=jnp.int32(1), index=jnp.int32(0))
+    zeros = jnp.zeros((b, 2, s, 8))
+    base = dict(k=zeros, v=zeros, mask=kv_mask, index=jnp.int32(0))
     outs = {name: attention.cached_attention(q, k, v, LayerCache(**base, **extra))
             for name, extra in [("full", {}), ("fresh", dict(fresh=True)), ("window", dict(window=t))]}
     real = np.asarray(valid)  # padding queries see no key: uniform over however many slots were read
     for name in ("fresh", "window"):
         np.testing.assert_allclose(np.asarray(outs[name][0])[real], np.asarray(outs["full"][0])[real], atol=1e-6)
-    k_all = np.asarray(outs["fresh"][1][0])
-    np.testing.assert_array_equal(k_all[1, :, :t], np.asarray(k))
-    assert not k_all[[0, 2]].any() and not k_all[1, :, t:].any()
+    k_layer = np.asarray(outs["fresh"][1][0])  # heads-major [B, K, S, H]
+    np.testing.assert_array_equal(k_layer[:, :, :t], np.asarray(k).swapaxes(1, 2))
+    assert not k_layer[:, :, t:].any()
     expected = reference(q, k, v, dense_numpy(b, t, t, valid=np.asarray(valid)))
     np.testing.assert_allclose(np.asarray(outs["fresh"][0]), expected, atol=2e-6, rtol=1e-5)
 

@@ -69,7 +69,7 @@ def test_chunked_prefill_and_bf16_cache():
 
     bf16 = models.init(cfg.replace(param_dtype="bfloat16", compute_dtype="bfloat16"), jax.random.key(3))
     h_bf16, cache = prefill(bf16, prompt, positions, bf16.init_cache(2, 8), mask)
-    assert cache.k.dtype == jnp.bfloat16 and h_bf16.dtype == jnp.bfloat16
+    assert cache.k[0].dtype == jnp.bfloat16 and h_bf16.dtype == jnp.bfloat16
     assert bf16.logits(h_bf16).dtype == jnp.float32
     err = np.abs(np.asarray(h_bf16, np.float32) - np.asarray(one))[real].max() / np.abs(np.asarray(one)[real]).max()
     assert err < 5e-2

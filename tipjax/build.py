@@ -34,7 +34,8 @@ def devices_needed(spec) -> int:
 def model_config(spec, name: str = "student"):
     """The ModelConfig of a ModelSpec (`name` is its config key, for errors): HF folder, preset or arch dict."""
     dtypes = dict(param_dtype=spec.param_dtype, compute_dtype=spec.compute_dtype, remat=spec.remat,
-                  attention=spec.attention, query_chunk=spec.query_chunk)
+                  attention=spec.attention, query_chunk=spec.query_chunk,
+                  decode_attention=spec.decode_attention)
     if spec.preset is not None and spec.preset not in models.PRESETS:
         raise ConfigError(f"{name}.preset={spec.preset!r} is unknown; known: {sorted(models.PRESETS)}")
     if spec.path is not None:
@@ -64,7 +65,7 @@ def model(spec, mesh, *, abstract: bool, name: str = "student"):
     if spec.path is not None:
         return models.load_hf(spec.path, dtype=cfg.param_dtype, compute_dtype=cfg.compute_dtype, mesh=mesh,
                               rules=models.STORAGE_RULES, remat=cfg.remat, attention=cfg.attention,
-                              query_chunk=cfg.query_chunk)
+                              query_chunk=cfg.query_chunk, decode_attention=cfg.decode_attention)
     return models.init(cfg, jax.random.PRNGKey(spec.init_seed), mesh=mesh, rules=models.STORAGE_RULES)
 
 

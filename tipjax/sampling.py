@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tipjax.models import positions_from_mask
+from tipjax.models import attention, positions_from_mask
 
 __all__ = ["SampleOutput", "SamplerState", "DecodeSettings", "generate", "bucket_size", "DEFAULT_BUCKETS",
            "sample_logits"]
@@ -59,6 +59,7 @@ class SamplerState:
     done: jax.Array            # [B] bool
     positions: jax.Array       # [B] int32: position id of the next token
     next_logits: jax.Array     # [B, V] fp32: logits for the token about to be sampled
+    starts: jax.Array          # [B] int32: the cache slot of each row's first real prompt token
     cache: object              # models.KVCache
     rng: jax.Array
 
@@ -75,6 +76,7 @@ class DecodeSettings:
     eos_ids: tuple[int, ...]
     pad_id: int
     segments: int | None = None   # see segment_ends
+    steps_per_loop: int = 1       # tokens per while-loop iteration (see loop_length)
 
 
 def bucket_size(length: int, buckets: Sequence[int] | None = None) -> int:
@@ -127,12 +129,24 @@ def _is_eos(tokens: jax.Array, eos_ids: tuple[int, ...]) -> jax.Array:
     return jnp.isin(tokens, jnp.asarray(eos_ids, jnp.int32))
 
 
+def default_steps_per_loop() -> int:
+    """Tokens per decode-loop iteration: on GPU each iteration ends with a device-to-host read of the loop
+    condition, so several tokens per iteration (an inner loop of static length) hide that round trip."""
+    return 1 if jax.default_backend() == "cpu" else 8
+
+
+def loop_length(max_new_tokens: int, steps_per_loop: int) -> int:
+    """Decode steps actually run: max_new_tokens rounded up to whole iterations (the extra are discarded)."""
+    return -(-max_new_tokens // steps_per_loop) * steps_per_loop
+
+
 def _prefill(model, prompt_ids, prompt_mask, max_new_tokens, cache_dtype, rng) -> SamplerState:
     batch, prompt_len = prompt_ids.shape
     total = prompt_len + max_new_tokens
     mask = prompt_mask.astype(bool)
     positions = positions_from_mask(mask)  # left padding: each row starts at 0 at its first real token
-    cache = model.init_cache(batch, total, dtype=cache_dtype)
+    # Whole blocks of the decode kernel; the slots past `total` are never written or read.
+    cache = model.init_cache(batch, -(-total // attention.DECODE_BLOCK) * attention.DECODE_BLOCK, dtype=cache_dtype)
     hidden, cache = model.hidden_cached(prompt_ids, positions, cache, mask, fresh=True)
     # The last column is every row's last real prompt token (left padding), so its logits predict token 1.
     next_logits = model.logits(hidden[:, -1])
@@ -141,7 +155,7 @@ def _prefill(model, prompt_ids, prompt_mask, max_new_tokens, cache_dtype, rng) -
         step=jnp.zeros((), jnp.int32), tokens=tokens,
         response_mask=jnp.zeros((batch, total), jnp.int32), logprobs=jnp.zeros((batch, total), jnp.float32),
         done=jnp.zeros((batch,), bool), positions=jnp.sum(mask, axis=1).astype(jnp.int32),
-        next_logits=next_logits, cache=cache, rng=rng)
+        next_logits=next_logits, starts=prompt_len - jnp.sum(mask, axis=1).astype(jnp.int32), cache=cache, rng=rng)
 
 
 def segment_ends(max_new_tokens: int, segments: int | None = None) -> tuple[int, ...]:
@@ -157,19 +171,33 @@ def segment_ends(max_new_tokens: int, segments: int | None = None) -> tuple[int,
 
 def _decode_loop(model, state: SamplerState, settings: DecodeSettings) -> SamplerState:
     # Segments: a sequence of while loops whose attention window grows, so early tokens of a long rollout
-    # do not read the unwritten end of the KV cache. Each stops early when every row has finished.
-    for end in segment_ends(settings.max_new_tokens, settings.segments):
-        state = _decode_segment(model, state, settings, end)
+    # do not read the unwritten end of the KV cache (xla attention; the Pallas kernel reads only the filled
+    # slots, so it needs one). Each stops early when every row has finished.
+    cfg = model.config
+    k = settings.steps_per_loop
+    steps = loop_length(settings.max_new_tokens, k)
+    kernel = attention.resolve_decode_backend(cfg.decode_attention, attention.current_platform(), t=1,
+                                              s=state.cache.max_len, head_dim=cfg.head_dim, contiguous=True)
+    segments = 1 if kernel == "pallas" and settings.segments is None else settings.segments
+    layers = model.layer_blocks()  # sliced once here, not per layer and token inside the loop
+    for end in sorted({loop_length(e, k) for e in segment_ends(steps, segments)}):
+        state = _decode_segment(model, layers, state, settings, end)
     return state
 
 
-def _decode_segment(model, state: SamplerState, settings: DecodeSettings, end: int) -> SamplerState:
+def _decode_segment(model, layers, state: SamplerState, settings: DecodeSettings, end: int) -> SamplerState:
     window = settings.prompt_len + end
 
     def cond(s: SamplerState):
         return (s.step < end) & ~jnp.all(s.done)
 
     def body(s: SamplerState) -> SamplerState:
+        if settings.steps_per_loop == 1:
+            return one_token(s)
+        # A loop of static length: XLA runs it without reading a condition back to the host.
+        return jax.lax.fori_loop(0, settings.steps_per_loop, lambda _, x: one_token(x), s)
+
+    def one_token(s: SamplerState) -> SamplerState:
         rng, key = jax.random.split(s.rng)
         token = sample_logits(key, s.next_logits, temperature=settings.temperature, top_k=settings.top_k,
                               top_p=settings.top_p)
@@ -182,10 +210,11 @@ def _decode_segment(model, state: SamplerState, settings: DecodeSettings, end: i
         logprobs = jax.lax.dynamic_update_slice(s.logprobs, jnp.where(live, logprob, 0.0)[:, None], (0, col))
         done = s.done | (live & _is_eos(token, settings.eos_ids))
         hidden, cache = model.hidden_cached(token[:, None], s.positions[:, None], s.cache, live[:, None],
-                                            window=window)
+                                            window=window, starts=s.starts, layers=layers)
         return SamplerState(
             step=s.step + 1, tokens=tokens, response_mask=response_mask, logprobs=logprobs, done=done,
-            positions=s.positions + 1, next_logits=model.logits(hidden[:, 0]), cache=cache, rng=rng)
+            positions=s.positions + 1, next_logits=model.logits(hidden[:, 0]), starts=s.starts, cache=cache,
+            rng=rng)
 
     return jax.lax.while_loop(cond, body, state)
 
@@ -260,7 +289,7 @@ def generate(model, prompt_ids: jax.Array, prompt_mask: jax.Array, *, max_new_to
              temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
              eos_token_id: int | Sequence[int] | None = None, rng: jax.Array,
              num_samples: int = 1, pad_token_id: int | None = None, buckets: Sequence[int] | None = None,
-             cache_dtype=None, segments: int | None = None) -> SampleOutput:
+             cache_dtype=None, segments: int | None = None, steps_per_loop: int | None = None) -> SampleOutput:
     """Samples max_new_tokens per row with a KV cache; rows stop at their first EOS.
 
     Args:
@@ -271,6 +300,8 @@ def generate(model, prompt_ids: jax.Array, prompt_mask: jax.Array, *, max_new_to
       buckets: prompt length buckets (default powers of two up to 32768); Tp is left padded up to its bucket
         for the compiled program and the output is sliced back to Tp + max_new_tokens columns.
       segments: decode-loop segments with growing attention windows (see `segment_ends`; default automatic).
+      steps_per_loop: tokens per decode-loop iteration (default `default_steps_per_loop()`); rows stop at EOS
+        all the same, the loop only checks for "every row finished" once per iteration.
     Returns: SampleOutput with [B * num_samples, Tp + max_new_tokens] arrays.
 
     Raises ValueError for bad settings (temperature negative or not finite, EOS / pad ids outside the
@@ -293,15 +324,19 @@ def generate(model, prompt_ids: jax.Array, prompt_mask: jax.Array, *, max_new_to
     if extra:
         prompt_ids = jnp.pad(prompt_ids, ((0, 0), (extra, 0)))
         prompt_mask = jnp.pad(prompt_mask, ((0, 0), (extra, 0)))
-    state = _jit_prefill(model, prompt_ids, prompt_mask, rng, max_new_tokens=max_new_tokens,
-                         cache_dtype=cache_dtype)
+    steps_per_loop = default_steps_per_loop() if steps_per_loop is None else steps_per_loop
+    if not isinstance(steps_per_loop, (int, np.integer)) or steps_per_loop < 1:
+        raise ValueError(f"steps_per_loop must be a positive int, got {steps_per_loop!r}")
+    state = _jit_prefill(model, prompt_ids, prompt_mask, rng,
+                         max_new_tokens=loop_length(int(max_new_tokens), int(steps_per_loop)), cache_dtype=cache_dtype)
     settings = DecodeSettings(prompt_len=bucket, max_new_tokens=int(max_new_tokens), temperature=float(temperature),
                               top_k=int(top_k), top_p=float(top_p), eos_ids=eos_ids, pad_id=pad_id,
-                              segments=segments)
+                              segments=segments, steps_per_loop=int(steps_per_loop))
     state = _jit_decode(model, state, settings)
-    tokens = state.tokens.at[:, bucket:].set(jnp.where(state.response_mask[:, bucket:] > 0,
-                                                       state.tokens[:, bucket:], pad_id))
-    lengths = jnp.sum(state.response_mask, axis=1)
-    finished = jnp.any(state.response_mask.astype(bool) & _is_eos(tokens, eos_ids), axis=1)
-    return SampleOutput(tokens=tokens[:, extra:], response_mask=state.response_mask[:, extra:],
-                        logprobs=state.logprobs[:, extra:], lengths=lengths, truncated=~finished)
+    width = bucket + max_new_tokens  # the loop may have run a few steps more (whole iterations): dropped
+    tokens, response_mask, logprobs = (x[:, :width] for x in (state.tokens, state.response_mask, state.logprobs))
+    tokens = tokens.at[:, bucket:].set(jnp.where(response_mask[:, bucket:] > 0, tokens[:, bucket:], pad_id))
+    lengths = jnp.sum(response_mask, axis=1)
+    finished = jnp.any(response_mask.astype(bool) & _is_eos(tokens, eos_ids), axis=1)
+    return SampleOutput(tokens=tokens[:, extra:], response_mask=response_mask[:, extra:],
+                        logprobs=logprobs[:, extra:], lengths=lengths, truncated=~finished)

@@ -13,6 +13,13 @@ Backends (ModelConfig.attention):
   "xla_sdpa"  the same call with implementation="xla": the cudnn path's plumbing, runnable on any device.
   "auto"      cudnn where resolve_backend says it supports the call, else xla.
 
+Decode (ModelConfig.decode_attention): one new query per row against the cache.
+  "xla"       the einsum path over the first `window` slots (the sampler's segments bound the window).
+  "pallas"    JAX's Pallas flash-decoding kernel (jax.experimental.pallas.ops.gpu.decode_attention, Triton):
+              each row reads only its filled slots [start, index + 1), in blocks of 128 slots split across
+              the GPU, whatever the cache length; off GPU it runs in Pallas interpret mode (tests).
+  "auto"      pallas on CUDA where decode_supported says it applies, else xla.
+
 cuDNN's query/key lengths assume right padding, and tipjax's prompts are left padded, so the cudnn path
 never passes lengths: a mask with padding, a cache offset or segments goes in as a dense [B, 1, T, S]
 boolean mask (jax turns it into a finite bias, so a query that sees no key gets a uniform, finite softmax,
@@ -21,6 +28,8 @@ as with xla). Only self-attention without padding (causal or not) goes in as the
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import struct
@@ -28,11 +37,12 @@ from jax.extend import backend as jax_backend
 
 from tipjax.models.cache import LayerCache
 from tipjax.models.config import ATTENTION_BACKENDS as BACKENDS
-from tipjax.models.config import DEFAULT_QUERY_CHUNK
+from tipjax.models.config import DECODE_ATTENTION_BACKENDS, DEFAULT_QUERY_CHUNK
 
 # Finite "minus infinity": a query with no visible key (e.g. left padding) gets a uniform, finite softmax.
 _MASKED = -1e30
 _CUDNN_DTYPES = ("bfloat16", "float16")
+DECODE_BLOCK = 128  # key slots per block of the Pallas decode kernel; the cache length must be a multiple
 
 
 @struct.dataclass
@@ -114,7 +124,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: AttentionMask, *, 
     t, s = q.shape[1], k.shape[1]
     impl = resolve_backend(backend, current_platform(), q.dtype, q.shape[-1], dense_mask=mask.needs_dense, t=t, s=s)
     if impl == "xla":
-        return _xla_attention(q, k, v, mask, query_chunk)
+        return _xla_attention(q, k.swapaxes(1, 2), v.swapaxes(1, 2), mask, query_chunk)
     implementation = "cudnn" if impl == "cudnn" else "xla"
     if not mask.needs_dense:
         return jax.nn.dot_product_attention(q, k, v, is_causal=mask.causal, implementation=implementation)
@@ -124,27 +134,80 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: AttentionMask, *, 
                                         implementation=implementation)
 
 
-def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, cache: LayerCache, *, backend: str = "xla",
-                     query_chunk: int = DEFAULT_QUERY_CHUNK) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-    """Writes this call's k, v [B, T, K, H] into the cache at (cache.layer, cache.index) and attends over it.
+def resolve_decode_backend(requested: str, platform: str, *, t: int, s: int, head_dim: int,
+                           contiguous: bool) -> str:
+    """The backend of a cache read: "xla" or "pallas". Pure, so every case is testable on CPU.
 
-    Returns (out [B, T, N, H], (k_all, v_all) [L, B, S, K, H]). With cache.fresh (an empty cache) queries
-    attend over the T new keys only ([T, T] scores, not [T, S]); otherwise over the first cache.window slots.
+    "auto" picks pallas on CUDA for a one-token read (t == 1) of a cache whose rows are contiguous
+    (LayerCache.starts given), whose length is a multiple of DECODE_BLOCK and whose head_dim is a power of
+    two >= 16 (Triton tile shapes); else xla. An explicit "pallas" that cannot run is an error.
     """
-    t = q.shape[1]
-    at = (cache.layer, 0, cache.index, 0, 0)
-    k_all = jax.lax.dynamic_update_slice(cache.k, k[None].astype(cache.k.dtype), at)
-    v_all = jax.lax.dynamic_update_slice(cache.v, v[None].astype(cache.v.dtype), at)
+    if requested not in DECODE_ATTENTION_BACKENDS:
+        raise ValueError(f"decode attention backend {requested!r} is not one of {DECODE_ATTENTION_BACKENDS}")
+    fits = (t == 1 and contiguous and s % DECODE_BLOCK == 0 and head_dim >= 16 and head_dim & (head_dim - 1) == 0)
+    if requested == "pallas":
+        if not fits:
+            raise ValueError(f"decode_attention='pallas' needs one query per row, contiguous rows (starts), a cache "
+                             f"length that is a multiple of {DECODE_BLOCK} and a power-of-two head_dim >= 16; got "
+                             f"t={t}, contiguous={contiguous}, s={s}, head_dim={head_dim}")
+        return "pallas"
+    if requested == "auto" and fits and platform == "cuda":
+        return "pallas"
+    return "xla"
+
+
+def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, cache: LayerCache, *, backend: str = "xla",
+                     query_chunk: int = DEFAULT_QUERY_CHUNK,
+                     decode_backend: str = "xla") -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    """Writes this call's k, v [B, T, K, H] into the layer's cache at cache.index and attends over it.
+
+    Returns (out [B, T, N, H], (k_layer, v_layer) [B, K, S, H]). With cache.fresh (an empty cache) queries
+    attend over the T new keys only ([T, T] scores, not [T, S]); otherwise over the first cache.window slots
+    (xla) or each row's filled range (pallas, see LayerCache.starts).
+    """
+    b, t = q.shape[:2]
+    at = (0, 0, cache.index, 0)
+    k_layer = jax.lax.dynamic_update_slice(cache.k, k.swapaxes(1, 2).astype(cache.k.dtype), at)
+    v_layer = jax.lax.dynamic_update_slice(cache.v, v.swapaxes(1, 2).astype(cache.v.dtype), at)
     if cache.fresh:
         # Index 0 is promised, so slots [0, T) of the mask are this call's tokens and the offset is static.
-        keys, values = k, v
-        mask = AttentionMask(kv_valid=cache.mask[:, :t])
-    else:
-        keys, values = k_all[cache.layer], v_all[cache.layer]
-        mask = AttentionMask(kv_valid=cache.mask, q_offset=cache.index, window=cache.window)
-    out = attention(q, keys.astype(q.dtype), values.astype(q.dtype), mask, backend=backend,
-                    query_chunk=query_chunk)
-    return out, (k_all, v_all)
+        out = attention(q, k, v, AttentionMask(kv_valid=cache.mask[:, :t]), backend=backend,
+                        query_chunk=query_chunk)
+        return out, (k_layer, v_layer)
+    s = k_layer.shape[2]
+    impl = resolve_decode_backend(decode_backend, current_platform(), t=t, s=s, head_dim=q.shape[-1],
+                                  contiguous=cache.starts is not None)
+    if impl == "pallas":
+        ends = jnp.broadcast_to(cache.index + 1, (b,)).astype(jnp.int32)
+        out = decode_kernel(q[:, 0], k_layer.astype(q.dtype), v_layer.astype(q.dtype), cache.starts, ends)
+        return out[:, None], (k_layer, v_layer)
+    mask = AttentionMask(kv_valid=cache.mask, q_offset=cache.index, window=cache.window)
+    keys, values = k_layer, v_layer
+    if mask.window is not None and mask.window < s:
+        keys, values = keys[:, :, :mask.window], values[:, :, :mask.window]
+    keys, values = keys.astype(q.dtype), values.astype(q.dtype)
+    if resolve_backend(backend, current_platform(), q.dtype, q.shape[-1], dense_mask=True, t=t,
+                       s=keys.shape[2]) == "xla":
+        return _xla_attention(q, keys, values, mask, query_chunk), (k_layer, v_layer)
+    # A cached read with several queries (chunked prefill) on a fused backend: its [B, S, K, H] layout.
+    return attention(q, keys.swapaxes(1, 2), values.swapaxes(1, 2), mask, backend=backend,
+                     query_chunk=query_chunk), (k_layer, v_layer)
+
+
+def decode_kernel(q: jax.Array, k: jax.Array, v: jax.Array, starts: jax.Array, ends: jax.Array) -> jax.Array:
+    """q [B, N, H], heads-major k, v [B, K, S, H], starts/ends [B] -> [B, N, H]: row b attends over slots
+    [starts[b], ends[b]) with JAX's Pallas decode kernel (interpret mode off GPU)."""
+    from jax.experimental.pallas.ops.gpu import decode_attention as pallas_decode
+
+    b, n, h = q.shape
+    kv_heads, s = k.shape[1], k.shape[2]
+    one = functools.partial(pallas_decode.decode_attn_unbatched, sm_scale=h**-0.5, block_h=16,
+                            block_k=DECODE_BLOCK, k_splits=s // DECODE_BLOCK, num_warps=None, num_stages=2,
+                            grid=None, interpret=current_platform() != "cuda", debug=False, return_residuals=False,
+                            normalize_output=True)
+    per_head = lambda x: jnp.broadcast_to(x.astype(jnp.int32)[:, None], (b, kv_heads))
+    out = jax.vmap(jax.vmap(one))(q.reshape(b, kv_heads, n // kv_heads, h), k, v, per_head(starts), per_head(ends))
+    return out.reshape(b, n, h)
 
 
 def _visible(mask: AttentionMask, start, t: int, s: int, q_segments: jax.Array | None) -> jax.Array:
@@ -163,7 +226,8 @@ def _visible(mask: AttentionMask, start, t: int, s: int, q_segments: jax.Array |
 
 
 def _xla_attention(q, k, v, mask: AttentionMask, query_chunk: int) -> jax.Array:
-    t, s = q.shape[1], k.shape[1]
+    """q [B, T, N, H], heads-major k, v [B, K, S, H] -> [B, T, N, H]."""
+    t, s = q.shape[1], k.shape[2]
     if t <= query_chunk:
         return _attention_block(q, k, v, _visible(mask, 0, t, s, mask.q_segments))
     pad = -t % query_chunk
@@ -183,13 +247,14 @@ def _xla_attention(q, k, v, mask: AttentionMask, query_chunk: int) -> jax.Array:
 
 
 def _attention_block(q, k, v, visible) -> jax.Array:
-    """q [B, T, N, H], k and v [B, S, K, H], visible [B or 1, T, S] bool -> [B, T, N, H]; fp32 softmax."""
+    """q [B, T, N, H], heads-major k and v [B, K, S, H], visible [B or 1, T, S] bool -> [B, T, N, H]; fp32
+    softmax."""
     b, t, n, h = q.shape
-    kv_heads = k.shape[2]
+    kv_heads = k.shape[1]
     # Heads-major operands make both einsums plain batched matmuls (~1.6x faster on XLA:CPU than [B, T, ...]).
     q = q.reshape(b, t, kv_heads, n // kv_heads, h).transpose(0, 2, 3, 1, 4) * jnp.asarray(h**-0.5, q.dtype)
-    scores = jnp.einsum("BKGTH,BKSH->BKGTS", q, k.transpose(0, 2, 1, 3), preferred_element_type=jnp.float32)
+    scores = jnp.einsum("BKGTH,BKSH->BKGTS", q, k, preferred_element_type=jnp.float32)
     scores = jnp.where(visible[:, None, None], scores, _MASKED)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("BKGTS,BKSH->BKGTH", probs, v.transpose(0, 2, 1, 3))
+    out = jnp.einsum("BKGTS,BKSH->BKGTH", probs, v)
     return out.transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)

@@ -23,6 +23,7 @@ _MODEL_TYPES = {model_type: arch for arch, (model_type, _, _) in ARCHITECTURES.i
 _REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
 _REMAT = ("none", "full", "dots")
 ATTENTION_BACKENDS = ("auto", "xla", "cudnn", "xla_sdpa")  # see attention.py
+DECODE_ATTENTION_BACKENDS = ("auto", "xla", "pallas")  # see attention.py
 DEFAULT_QUERY_CHUNK = 1024
 
 
@@ -68,6 +69,7 @@ class ModelConfig:
     # Runtime choices, not model properties: never written to config.json (see to_hf_dict).
     attention: str = "auto"  # attention backend: "auto", "xla", "cudnn" or "xla_sdpa" (see attention.py)
     query_chunk: int = DEFAULT_QUERY_CHUNK  # xla attention processes longer query blocks this many rows at a time
+    decode_attention: str = "auto"  # one-token cache attention: "auto", "xla" or "pallas" (see attention.py)
     # Where load_hf read the model from (tokenizer files for save_hf). Not part of equality or hashing, so a
     # loaded model and one built from the same values share a tree structure and jit cache entries.
     source_dir: str | None = dataclasses.field(default=None, compare=False)
@@ -83,6 +85,9 @@ class ModelConfig:
         object.__setattr__(self, "remat", remat)
         if self.attention not in ATTENTION_BACKENDS:
             raise ValueError(f"attention must be one of {ATTENTION_BACKENDS}, got {self.attention!r}")
+        if self.decode_attention not in DECODE_ATTENTION_BACKENDS:
+            raise ValueError(f"decode_attention must be one of {DECODE_ATTENTION_BACKENDS}, "
+                             f"got {self.decode_attention!r}")
         if isinstance(self.query_chunk, bool) or not isinstance(self.query_chunk, numbers.Integral) \
                 or self.query_chunk < 1:
             raise ValueError(f"query_chunk must be a positive int, got {self.query_chunk!r}")
@@ -103,7 +108,7 @@ class ModelConfig:
     @classmethod
     def from_hf_dict(cls, d: dict[str, Any], *, param_dtype=jnp.float32, compute_dtype=None,
                      remat="none", attention: str = "auto", query_chunk: int = DEFAULT_QUERY_CHUNK,
-                     source_dir: str | None = None) -> ModelConfig:
+                     decode_attention: str = "auto", source_dir: str | None = None) -> ModelConfig:
         """Reads a HF config.json dict (hub format or transformers-5 format). compute_dtype defaults to param_dtype."""
         arch = _architecture(d)
         _, qkv_bias, qk_norm = ARCHITECTURES[arch]
@@ -146,6 +151,7 @@ class ModelConfig:
             remat=remat,
             attention=attention,
             query_chunk=query_chunk,
+            decode_attention=decode_attention,
             source_dir=source_dir,
         )
 

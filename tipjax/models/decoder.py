@@ -7,14 +7,17 @@ Shape alphabet (used in every einsum and docstring of tipjax.models):
   M = B * T flattened tokens (the dense projections run on [M, D])
 
 The module only holds arrays (nnx.Param with logical `axes` metadata) and is used as a pytree: jit and grad
-go over it directly. The L blocks are stacked on a leading `layers` axis and run with lax.scan, so compile
-time does not grow with depth.
+go over it directly. The L blocks are stacked on a leading `layers` axis and run with lax.scan in the
+forward pass and prefill, so their compile time does not grow with depth. A decode step runs the layers
+unrolled over per-layer cache buffers: a scan would slice the cache and the weights per layer and step, which
+XLA:GPU materialises as copies, and its loop bookkeeping dominates a one-token step.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -112,35 +115,50 @@ class Decoder(nnx.Module):
         return self._final_norm(x)
 
     def hidden_cached(self, tokens: jax.Array, positions: jax.Array, cache: KVCache,
-                      token_mask: jax.Array, *, fresh: bool = False,
-                      window: int | None = None) -> tuple[jax.Array, KVCache]:
+                      token_mask: jax.Array, *, fresh: bool = False, window: int | None = None,
+                      starts: jax.Array | None = None,
+                      layers: Sequence[Blocks] | None = None) -> tuple[jax.Array, KVCache]:
         """Runs T new tokens [B, T] at positions [B, T] against the cache -> (hidden [B, T, D], new cache).
 
         Their keys/values go to slots [cache.index, cache.index + T) with cache.mask there = token_mask [B, T];
         query j (slot index + j) sees slot s iff the new mask has s and s <= index + j. The same call serves
         prefill (T = prompt length) and decode (T = 1); index may be traced.
 
-        fresh=True promises an empty cache (index 0): attention then runs over the T new keys only, not all S
-        slots, which keeps a long-rollout prefill's scores at [T, T] instead of [T, S].
-        window (static) promises that every query's slot is < window: attention reads only slots [0, window),
-        so a decode step early in a long rollout does not pay for the unwritten end of the cache.
+        fresh=True promises an empty cache (index 0): the layers then run as one scan, attending over the T
+        new keys only ([T, T] scores, not [T, S]), and write their keys into the cache afterwards.
+        Otherwise the layers run unrolled, each on its own cache buffer (no per-step copies), with the
+        per-layer weights `layers` (default: sliced from the stack here; a decode loop slices once outside).
+        window (static) promises that every query's slot is < window: xla attention reads only slots
+        [0, window). starts [B]: see LayerCache.starts (lets a decode kernel read only the filled slots).
         """
         t = tokens.shape[1]
         index = cache.index
         kv_mask = jax.lax.dynamic_update_slice(cache.mask, token_mask.astype(jnp.bool_), (0, index))
+        x = self._embed(tokens)
+        if fresh:
+            mask = attn.AttentionMask(kv_valid=token_mask.astype(jnp.bool_))
 
-        # The whole cache rides in the scan carry and is updated in place per layer (no per-step copy of
-        # all L layers' keys/values when the cache is donated).
-        def step(carry, xs):
-            x, k, v = carry
-            blk, layer = xs
-            view = LayerCache(k=k, v=v, mask=kv_mask, layer=layer, index=index, fresh=fresh, window=window)
-            x, (k, v) = self._block(blk, x, positions, cache=view)
-            return (x, k, v), None
+            def step(x, blk):
+                return self._block(blk, x, positions, mask=mask)
 
-        layers = jnp.arange(self.config.num_layers)
-        (x, k, v), _ = jax.lax.scan(self._remat(step), (self._embed(tokens), cache.k, cache.v), (self.blocks, layers))
-        return self._final_norm(x), KVCache(k=k, v=v, mask=kv_mask, index=index + t)
+            x, (ks, vs) = jax.lax.scan(self._remat(step), x, self.blocks)
+            write = lambda buf, new: jax.lax.dynamic_update_slice(buf, new.swapaxes(1, 2).astype(buf.dtype),
+                                                                   (0, 0, 0, 0))
+            k = tuple(write(cache.k[i], ks[i]) for i in range(len(cache.k)))
+            v = tuple(write(cache.v[i], vs[i]) for i in range(len(cache.v)))
+            return self._final_norm(x), KVCache(k=k, v=v, mask=kv_mask, index=index + t)
+        layers = self.layer_blocks() if layers is None else layers
+        k, v = [], []
+        for i, blk in enumerate(layers):
+            view = LayerCache(k=cache.k[i], v=cache.v[i], mask=kv_mask, index=index, starts=starts, window=window)
+            x, (k_i, v_i) = self._block(blk, x, positions, cache=view)
+            k.append(k_i)
+            v.append(v_i)
+        return self._final_norm(x), KVCache(k=tuple(k), v=tuple(v), mask=kv_mask, index=index + t)
+
+    def layer_blocks(self) -> tuple[Blocks, ...]:
+        """The L blocks' parameters as L separate Blocks (static slices of the stacked arrays)."""
+        return tuple(jax.tree.map(lambda p, i=i: p[i], self.blocks) for i in range(self.config.num_layers))
 
     def init_cache(self, batch: int, max_len: int, dtype=None) -> KVCache:
         """An empty cache for `batch` rows and `max_len` slots (dtype defaults to the compute dtype)."""
@@ -175,7 +193,7 @@ class Decoder(nnx.Module):
 
         Without a cache, attention runs over this call's T keys under `mask` and (k, v) are those keys
         [B, T, K, H]. With a cache, attention.cached_attention writes them and derives the mask from the
-        cache; (k, v) is then the whole updated cache [L, B, S, K, H].
+        cache; (k, v) is then the layer's updated cache [B, K, S, H].
         """
         cfg = self.config
 
@@ -204,7 +222,7 @@ class Decoder(nnx.Module):
             if cache is None:
                 out, kv = attn.attention(q, k, v, mask, **settings), (k, v)
             else:
-                out, kv = attn.cached_attention(q, k, v, cache, **settings)
+                out, kv = attn.cached_attention(q, k, v, cache, decode_backend=cfg.decode_attention, **settings)
         with jax.named_scope("out_proj"):
             x = x + jnp.einsum("MNH,NHD->MD", ops.flat_tokens(out), w(blk.wo)).reshape(x.shape)
         with jax.named_scope("mlp"):

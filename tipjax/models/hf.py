@@ -88,11 +88,13 @@ def _floating_dtype(name: str, dtype) -> str:
 
 
 def load_hf(path, dtype=jnp.float32, *, compute_dtype=None, mesh=None, rules=sharding_lib.STORAGE_RULES,
-            remat="none", attention="auto", query_chunk=DEFAULT_QUERY_CHUNK) -> Decoder:
+            remat="none", attention="auto", query_chunk=DEFAULT_QUERY_CHUNK,
+            decode_attention="auto") -> Decoder:
     """Loads a local HF folder (config.json + single or sharded safetensors) as a Decoder in `dtype`.
 
     Every tensor is read slice by slice straight into its sharding under `rules` on `mesh` (one device when
-    no mesh), so a full copy never lands on one device. remat, attention and query_chunk are ModelConfig's.
+    no mesh), so a full copy never lands on one device. remat, attention, query_chunk and
+    decode_attention are ModelConfig's.
     """
     dtype = _floating_dtype("dtype", dtype)
     if compute_dtype is not None:
@@ -106,7 +108,8 @@ def load_hf(path, dtype=jnp.float32, *, compute_dtype=None, mesh=None, rules=sha
     except ValueError as err:
         raise ValueError(f"{config_file}: not valid JSON ({err})") from None
     cfg = ModelConfig.from_hf_dict(hf_config, param_dtype=dtype, compute_dtype=compute_dtype, remat=remat,
-                                   attention=attention, query_chunk=query_chunk, source_dir=str(path))
+                                   attention=attention, query_chunk=query_chunk,
+                                   decode_attention=decode_attention, source_dir=str(path))
     files = _weight_files(path)
     expected = hf_tensor_names(cfg)
     missing = [n for n in expected if n not in files]

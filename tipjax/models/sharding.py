@@ -90,13 +90,15 @@ def batch_sharding(mesh: Mesh, rules: Rules = STORAGE_RULES, ndim: int = 2) -> N
     return NamedSharding(mesh, logical_to_spec(("batch",) + (None,) * (ndim - 1), rules, mesh=mesh))
 
 
-# KVCache leaves' logical axes: k, v [L, B, S, K, H]; mask [B, S]; index scalar.
-CACHE_AXES = {"k": ("layers", "batch", None, "kv_heads", "head_dim"),
-              "v": ("layers", "batch", None, "kv_heads", "head_dim"), "mask": ("batch", None), "index": ()}
+# KVCache leaves' logical axes: each layer's k, v [B, K, S, H]; mask [B, S]; index scalar.
+CACHE_AXES = {"k": ("batch", "kv_heads", None, "head_dim"), "v": ("batch", "kv_heads", None, "head_dim"),
+              "mask": ("batch", None), "index": ()}
 
 
 def cache_shardings(cache, mesh: Mesh, rules: Rules = SAMPLING_RULES):
     """A KVCache (or its jax.eval_shape) with a NamedSharding per leaf: batch over data/fsdp, kv heads over tensor."""
-    return type(cache)(**{name: NamedSharding(mesh, logical_to_spec(axes, rules, shape=getattr(cache, name).shape,
-                                                                     mesh=mesh))
-                          for name, axes in CACHE_AXES.items()})
+    def spec(name, x):
+        return NamedSharding(mesh, logical_to_spec(CACHE_AXES[name], rules, shape=x.shape, mesh=mesh))
+
+    return type(cache)(k=tuple(spec("k", x) for x in cache.k), v=tuple(spec("v", x) for x in cache.v),
+                       mask=spec("mask", cache.mask), index=spec("index", cache.index))

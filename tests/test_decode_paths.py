@@ -1,0 +1,145 @@
+"""The decode step's fast paths: the Pallas decode kernel (interpret mode on CPU) against a float64 reference
+and against the xla path; several tokens per loop iteration; the compiled decode loop holds no copy of the KV
+cache and a bounded number of ops per layer."""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tipjax import models, sampling
+from tipjax.models import attention
+from tipjax.models.cache import LayerCache
+
+
+def reference_decode(q, k, v, starts, ends):
+    """float64: q [B, N, H], heads-major k, v [B, K, S, H]; row b attends over slots [starts[b], ends[b])."""
+    q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
+    b, n, h = q.shape
+    g = n // k.shape[1]
+    out = np.zeros_like(q)
+    for r in range(b):
+        for head in range(n):
+            keys = k[r, head // g, starts[r]:ends[r]]
+            scores = keys @ q[r, head] / np.sqrt(h)
+            p = np.exp(scores - scores.max())
+            out[r, head] = (p / p.sum()) @ v[r, head // g, starts[r]:ends[r]]
+    return out
+
+
+def test_decode_kernel_matches_reference():
+    b, kv, g, s, h = 4, 2, 3, 256, 16  # two kernel blocks; ranges inside one block, across both, one slot
+    keys = jax.random.split(jax.random.key(0), 3)
+    q = jax.random.normal(keys[0], (b, kv * g, h))
+    k = jax.random.normal(keys[1], (b, kv, s, h))
+    v = jax.random.normal(keys[2], (b, kv, s, h))
+    starts, ends = np.array([0, 5, 120, 200]), np.array([256, 100, 140, 201])
+    out = attention.decode_kernel(q, k, v, jnp.asarray(starts), jnp.asarray(ends))
+    np.testing.assert_allclose(out, reference_decode(q, k, v, starts, ends), atol=1e-5, rtol=1e-5)
+
+
+def test_cached_attention_pallas_equals_xla():
+    """One new token per row over a left-padded cache: the kernel (starts) and the masked xla path agree."""
+    b, kv, s, h = 3, 2, 128, 16
+    keys = jax.random.split(jax.random.key(1), 5)
+    q = jax.random.normal(keys[0], (b, 1, 4, h))
+    k_new, v_new = (jax.random.normal(x, (b, 1, kv, h)) for x in keys[1:3])
+    cache_k, cache_v = (jax.random.normal(x, (b, kv, s, h)) for x in keys[3:5])
+    index, starts = 40, jnp.array([0, 17, 39])
+    mask = (jnp.arange(s)[None] >= starts[:, None]) & (jnp.arange(s)[None] <= index)
+    view = dict(k=cache_k, v=cache_v, mask=mask, index=jnp.int32(index))
+    xla, (k_x, _) = attention.cached_attention(q, k_new, v_new, LayerCache(**view, window=64), decode_backend="xla")
+    pallas, (k_p, _) = attention.cached_attention(q, k_new, v_new, LayerCache(**view, starts=starts),
+                                                  decode_backend="pallas")
+    np.testing.assert_allclose(pallas, xla, atol=1e-5, rtol=1e-5)
+    np.testing.assert_array_equal(k_p, k_x)
+    np.testing.assert_array_equal(np.asarray(k_p)[:, :, index], np.asarray(k_new)[:, 0])
+
+
+@pytest.mark.parametrize("requested, platform, kw, expected", [
+    ("auto", "cuda", dict(t=1, s=640, head_dim=128, contiguous=True), "pallas"),
+    ("auto", "cpu", dict(t=1, s=640, head_dim=128, contiguous=True), "xla"),
+    ("auto", "tpu", dict(t=1, s=640, head_dim=128, contiguous=True), "xla"),
+    ("auto", "cuda", dict(t=2, s=640, head_dim=128, contiguous=True), "xla"),     # chunked prefill
+    ("auto", "cuda", dict(t=1, s=600, head_dim=128, contiguous=True), "xla"),     # not whole blocks
+    ("auto", "cuda", dict(t=1, s=640, head_dim=96, contiguous=True), "xla"),      # not a power of two
+    ("auto", "cuda", dict(t=1, s=640, head_dim=128, contiguous=False), "xla"),    # arbitrary mask
+    ("xla", "cuda", dict(t=1, s=640, head_dim=128, contiguous=True), "xla"),
+    ("pallas", "cpu", dict(t=1, s=640, head_dim=128, contiguous=True), "pallas"),  # interpret mode
+])
+def test_resolve_decode_backend(requested, platform, kw, expected):
+    assert attention.resolve_decode_backend(requested, platform, **kw) == expected
+
+
+def test_resolve_decode_backend_errors():
+    with pytest.raises(ValueError, match="decode_attention='pallas' needs"):
+        attention.resolve_decode_backend("pallas", "cuda", t=1, s=600, head_dim=128, contiguous=True)
+    with pytest.raises(ValueError, match="not one of"):
+        attention.resolve_decode_backend("flash", "cuda", t=1, s=640, head_dim=128, contiguous=True)
+    with pytest.raises(ValueError, match="decode_attention must be one of"):
+        models.ModelConfig.from_hf_dict(_HF, decode_attention="flash")
+
+
+_HF = {"architectures": ["Qwen3ForCausalLM"], "vocab_size": 96, "hidden_size": 32, "intermediate_size": 64,
+       "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
+       "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "tie_word_embeddings": True}
+
+
+def test_sampler_paths_agree():
+    """xla with 1 or 3 tokens per iteration and the Pallas kernel with 4 draw the same tokens from the same
+    key (left-padded rows of different lengths, EOS stops, temperature 1) with the same log-probabilities."""
+    cfg = models.ModelConfig.from_hf_dict(_HF)
+    prompt = jnp.asarray(np.random.default_rng(0).integers(3, 96, (3, 7)), jnp.int32)
+    mask = jnp.asarray(np.arange(7)[None] >= np.array([0, 3, 6])[:, None], jnp.int32)
+    outs = {}
+    for name, backend, k in [("xla1", "xla", 1), ("xla3", "xla", 3), ("pallas4", "pallas", 4)]:
+        model = models.init(cfg.replace(decode_attention=backend), jax.random.key(2))
+        outs[name] = sampling.generate(model, prompt, mask, max_new_tokens=10, temperature=1.0, eos_token_id=5,
+                                       rng=jax.random.key(3), num_samples=2, steps_per_loop=k)
+    ref = outs["xla1"]
+    assert ref.tokens.shape == (6, 17)
+    for name in ("xla3", "pallas4"):
+        np.testing.assert_array_equal(outs[name].tokens, ref.tokens, err_msg=name)
+        np.testing.assert_array_equal(outs[name].response_mask, ref.response_mask, err_msg=name)
+        np.testing.assert_array_equal(outs[name].lengths, ref.lengths, err_msg=name)
+        np.testing.assert_allclose(outs[name].logprobs, ref.logprobs, atol=1e-5, err_msg=name)
+
+
+def _compiled_decode(layers: int, steps_per_loop: int = 1) -> str:
+    cfg = models.PRESETS["Qwen3-0.6B"].replace(param_dtype="bfloat16", compute_dtype="bfloat16", vocab_size=1024,
+                                               num_layers=layers)
+    model = models.abstract(cfg)
+    state = jax.eval_shape(lambda m: sampling._prefill(m, jnp.ones((8, 128), jnp.int32), jnp.ones((8, 128), jnp.int32),
+                                                       64, None, jax.random.key(0)), model)
+    settings = sampling.DecodeSettings(prompt_len=128, max_new_tokens=64, temperature=1.0, top_k=0, top_p=1.0,
+                                       eos_ids=(), pad_id=0, segments=1, steps_per_loop=steps_per_loop)
+    return sampling._jit_decode.lower(model, state, settings).compile().as_text()
+
+
+def _instructions(text: str) -> int:
+    return len(re.findall(r"^\s+\S+ = ", text, re.M))
+
+
+def test_decode_loop_copies_no_cache_and_ops_per_layer_are_bounded():
+    two, four = _compiled_decode(2), _compiled_decode(4)
+    slots = 256  # 128 prompt + 64 new, in whole kernel blocks
+    for text in (two, four):
+        copies = [m.group(0) for m in re.finditer(r"\w+\[([0-9,]*)\]\{[^}]*\} copy\(", text)
+                  if str(slots) in m.group(1).split(",")]
+        assert copies == [], f"cache-sized copies in the decode loop: {copies}"
+    # Each extra layer adds its own ops to the unrolled body; a per-layer copy or gather would add more.
+    per_layer = (_instructions(four) - _instructions(two)) / 2
+    assert 50 < per_layer < 560, per_layer
+
+
+def test_decode_loop_compiles_once_per_settings():
+    cfg = models.ModelConfig.from_hf_dict(_HF)
+    model = models.init(cfg, jax.random.key(2))
+    prompt = jnp.ones((2, 5), jnp.int32)
+    before = sampling._jit_decode._cache_size()
+    for seed in range(3):
+        sampling.generate(model, prompt, jnp.ones_like(prompt), max_new_tokens=6, rng=jax.random.key(seed),
+                          steps_per_loop=2)
+    assert sampling._jit_decode._cache_size() - before == 1
