@@ -27,7 +27,6 @@ import re
 from pathlib import Path
 from typing import Any, Iterator, Literal, Mapping, Sequence
 
-import grain
 import jax
 import numpy as np
 
@@ -250,8 +249,9 @@ def shard(n: int, index: int, count: int) -> range:
     return range(index, n - n % count, count)
 
 
-def make_dataset(prompt_set: PromptSet, pad_id: int, options: LoaderOptions) -> grain.MapDataset:
+def make_dataset(prompt_set: PromptSet, pad_id: int, options: LoaderOptions) -> "grain.MapDataset":
     """grain pipeline of batches: this process's shard -> seeded shuffle (new order each epoch) -> batch."""
+    import grain  # here, not at the top: the schemas import this module, and a benchmark needs no loader
     if options.batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {options.batch_size}")
     index = jax.process_index() if options.shard_index is None else options.shard_index
@@ -268,8 +268,10 @@ def make_dataset(prompt_set: PromptSet, pad_id: int, options: LoaderOptions) -> 
                     batch_fn=functools.partial(collate, pad_id=pad_id, buckets=options.buckets))
 
 
-def make_iterator(prompt_set: PromptSet, pad_id: int, options: LoaderOptions) -> grain.DatasetIterator:
+def make_iterator(prompt_set: PromptSet, pad_id: int, options: LoaderOptions) -> "grain.DatasetIterator":
     """An iterator of batches with ``get_state()`` / ``set_state(state)`` for checkpointing."""
+    import grain
+
     read = grain.ReadOptions(num_threads=1, prefetch_buffer_size=2)
     return iter(make_dataset(prompt_set, pad_id, options).to_iter_dataset(read))
 

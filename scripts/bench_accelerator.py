@@ -1,0 +1,384 @@
+"""tipjax on one accelerator: decode, forward and the OPD step, against a baseline measured in the same run.
+
+    python scripts/bench_accelerator.py OUT_DIR [--smoke] [--baseline DIR] [--budget SECONDS] [--only a,b]
+    python scripts/bench_accelerator.py --render OUT_DIR/bench_accelerator.json [--write-docs]
+
+Rows (the shapes of ../shared/tools/accel_probe.py, so numbers compare with its table):
+  ceilings   device-to-device copy bandwidth and a bf16 8192^3 matmul: the two roofs every share below uses
+  decode     sampling.generate ms per decode step, Qwen3-0.6B bf16, prompt 128, 512 new, batch 8 and 64, per
+             decode variant (attention kernel, tokens per loop iteration); share of the HBM bound = (weights +
+             mean filled KV window, read once per step) / measured copy bandwidth; sampler compile seconds
+  forward    hidden + head, Qwen3-0.6B bf16, 4 x 2048, per attention backend, and transformers (torch) as baseline
+  train      the compiled OPD step, Qwen3-1.7B teacher -> Qwen3-0.6B student (random weights, fp32 master, bf16
+             compute, remat full), 8 prompts x 8 samples, prompt 256, 1024 new, micro_batches 4, all-token:
+             compile s, step s, rollout-alone s, update s and update TFLOP/s
+Each measurement runs in its own process (a crash or an XLA flag stays there). `--baseline DIR` is another
+tipjax checkout (e.g. `git archive <commit> | tar -x -C DIR`): its rows run with DIR on PYTHONPATH. Sections
+are skipped once `--budget` seconds are spent. `--smoke` runs tiny shapes on CPU (a dry run of the script).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV_FLAGS = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}  # torch shares the card in the forward rows
+# Extra XLA flags tried on the decode loop (each run in its own process).
+COMMAND_BUFFERS = "--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Workers: each runs in a subprocess and prints one "RESULT {json}" line.
+
+def _presets(smoke: bool):
+    from tipjax import models
+    student, teacher = models.PRESETS["Qwen3-0.6B"], models.PRESETS["Qwen3-1.7B"]
+    if smoke:
+        small = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
+                     num_kv_heads=2, head_dim=16)
+        student, teacher = student.replace(**small), teacher.replace(**{**small, "hidden_size": 96, "num_layers": 3})
+    return student, teacher
+
+
+def _body_params(cfg) -> int:
+    """Matmul parameters per token of the decoder body (no embedding, no head)."""
+    d, f, n, k, h = cfg.hidden_size, cfg.intermediate_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    return cfg.num_layers * (d * n * h * 2 + d * k * h * 2 + 3 * d * f)
+
+
+def _median_time(fn, repeats: int) -> float:
+    import numpy as np
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def worker_ceilings(args, smoke):
+    import jax
+    import jax.numpy as jnp
+    n = (1 << 20) if smoke else (1 << 30)  # bf16 elements: 2 GiB
+    x = jax.random.normal(jax.random.key(0), (n,), jnp.bfloat16)
+    copy = jax.jit(lambda a: a * jnp.asarray(1.0001, a.dtype))
+    jax.block_until_ready(copy(x))
+    t = _median_time(lambda: jax.block_until_ready(copy(x)), 10)
+    m = 512 if smoke else 8192
+    a = jax.random.normal(jax.random.key(1), (m, m), jnp.bfloat16)
+    b = jax.random.normal(jax.random.key(2), (m, m), jnp.bfloat16)
+    mm = jax.jit(lambda a, b: a @ b)
+    jax.block_until_ready(mm(a, b))
+    tm = _median_time(lambda: jax.block_until_ready(mm(a, b)), 10)
+    return dict(copy_bytes_per_s=4 * n / t, matmul_tflops=2 * m**3 / tm / 1e12)
+
+
+def worker_decode(args, smoke):
+    """ms per decode step for each variant in args["variants"] (generate kwargs + model config changes)."""
+    import jax
+    from tipjax import models
+
+    s_cfg, _ = _presets(smoke)
+    tp, new = (8, 16) if smoke else (128, 512)
+    rows = []
+    for variant in args["variants"]:
+        model_changes = variant.get("model", {})
+        cfg = s_cfg.replace(param_dtype="bfloat16", compute_dtype="bfloat16", **model_changes)
+        model = models.init(cfg, jax.random.PRNGKey(0))
+        try:
+            _decode_rows(model, cfg, variant, tp, new, smoke, rows)
+        except Exception as err:  # one variant failing (a kernel that does not lower) leaves the others
+            rows.append(dict(variant=variant["name"], error=repr(err)[-1500:]))
+            print(rows[-1], flush=True)
+        del model
+    return dict(rows=rows, prompt=tp, new=new)
+
+
+def _decode_rows(model, cfg, variant, tp, new, smoke, rows):
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from tipjax import sampling
+
+    for b in ((2, 4) if smoke else (8, 64)):
+        ids = jnp.asarray(np.random.default_rng(0).integers(3, min(cfg.vocab_size, 50000), (b, tp)), jnp.int32)
+        mask = jnp.ones_like(ids)
+
+        def run():
+            out = sampling.generate(model, ids, mask, max_new_tokens=new, temperature=1.0, top_p=1.0, top_k=0,
+                                    eos_token_id=None, rng=jax.random.PRNGKey(1), **variant.get("generate", {}))
+            return jax.block_until_ready(out.tokens)
+
+        t0 = time.perf_counter()
+        run()
+        first = time.perf_counter() - t0
+        seconds = _median_time(run, 3)
+        kv_bytes = b * (tp + new / 2) * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * 2 * 2
+        weight_bytes = 2 * (_body_params(cfg) + cfg.hidden_size * cfg.vocab_size)
+        rows.append(dict(variant=variant["name"], batch=b, ms_per_step=seconds / new * 1e3,
+                         compile_s=first - seconds, bytes_per_step=weight_bytes + kv_bytes))
+        print(rows[-1], flush=True)
+
+
+def worker_forward(args, smoke):
+    """Forward (hidden + head) per attention backend; args["hf"] adds transformers' forward."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from tipjax import models
+
+    s_cfg, _ = _presets(smoke)
+    b, t = (2, 32) if smoke else (4, 2048)
+    ids = np.random.default_rng(0).integers(3, 500, (b, t)).astype(np.int32)
+    flops = 2 * (_body_params(s_cfg) + s_cfg.hidden_size * s_cfg.vocab_size) * b * t
+    rows = []
+    for backend in args.get("backends", ["auto"]):
+        changes = {} if backend is None else dict(attention=backend)
+        cfg = s_cfg.replace(param_dtype="bfloat16", compute_dtype="bfloat16", **changes)
+        model = models.init(cfg, jax.random.PRNGKey(0))
+        f = jax.jit(lambda m, x: m.logits(m.hidden(x)).astype(jnp.bfloat16))
+        x = jnp.asarray(ids)
+        jax.block_until_ready(f(model, x))
+        seconds = _median_time(lambda: jax.block_until_ready(f(model, x)), 10)
+        rows.append(dict(variant=f"tipjax attention={backend}", ms=seconds * 1e3, tflops=flops / seconds / 1e12))
+        print(rows[-1], flush=True)
+        del model
+    if args.get("hf"):
+        import torch
+        import transformers
+        hf_cfg = transformers.Qwen3Config(**{k: v for k, v in s_cfg.to_hf_dict().items()
+                                             if k not in ("architectures", "model_type", "torch_dtype", "dtype")})
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        with torch.device(device):
+            m = transformers.Qwen3ForCausalLM(hf_cfg).to(torch.bfloat16).eval()
+        tid = torch.from_numpy(ids).long().to(device)
+
+        def hf():
+            with torch.no_grad():
+                m(input_ids=tid).logits
+            if device == "cuda":
+                torch.cuda.synchronize()
+
+        hf()
+        seconds = _median_time(hf, 10)
+        rows.append(dict(variant=f"transformers {transformers.__version__} ({m.config._attn_implementation})",
+                         ms=seconds * 1e3, tflops=flops / seconds / 1e12))
+        print(rows[-1], flush=True)
+    return dict(rows=rows, batch=b, seq=t)
+
+
+def worker_train(args, smoke):
+    """The OPD step at the probe's shapes; args: student/teacher model changes, rule, timed steps."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from tipjax import build, models, step as step_lib
+    from tipjax.train_config import OptimSpec, RolloutSpec, SelectionSpec
+
+    p, n, tp, new = (2, 2, 16, 32) if smoke else (8, 8, 256, 1024)
+    s_cfg, t_cfg = _presets(smoke)
+    s_cfg = s_cfg.replace(**{"param_dtype": "float32", "compute_dtype": "bfloat16", "remat": "full",
+                             **args.get("student", {})})
+    t_cfg = t_cfg.replace(**{"param_dtype": "bfloat16", "compute_dtype": "bfloat16", "remat": "full",
+                             **args.get("teacher", {})})
+    mesh = models.make_mesh()
+    t0 = time.perf_counter()
+    student = models.init(s_cfg, jax.random.PRNGKey(0), mesh=mesh)
+    teacher = models.init(t_cfg, jax.random.PRNGKey(1), mesh=mesh)
+    opt = build.Optimization(OptimSpec(), 1000, student, mesh)
+    settings = step_lib.StepSettings(
+        rollout=RolloutSpec(samples_per_prompt=n, max_new_tokens=new),
+        selection=SelectionSpec(rule=args.get("rule", "all")),
+        eos_ids=(), vocab=s_cfg.vocab_size, micro_batches=4, param_shardings=opt.state_shardings.params,
+        split_sharding=build.split_sharding(mesh))
+    batch = models.batch_sharding(mesh)
+    step_fn = jax.jit(step_lib.build_step(settings, opt.optimizer, opt.schedule),
+                      in_shardings=(opt.state_shardings, models.model_shardings(teacher, mesh), batch, batch),
+                      out_shardings=(opt.state_shardings, None), donate_argnums=(0,))
+    state = opt.init_fn(student, jax.random.PRNGKey(2))
+    del student
+    ids = jax.device_put(np.random.default_rng(0).integers(3, min(s_cfg.vocab_size, 50000), (p, tp)).astype(np.int32),
+                         batch)
+    mask = jax.device_put(np.ones((p, tp), np.int32), batch)
+    setup_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    compiled = step_fn.lower(state, teacher, ids, mask).compile()
+    compile_s = time.perf_counter() - t0
+    temp_gib = compiled.memory_analysis().temp_size_in_bytes / 2**30
+    steps = []
+    for _ in range(args.get("steps", 3)):
+        t = time.perf_counter()
+        state, metrics = compiled(state, teacher, ids, mask)
+        jax.block_until_ready(metrics)
+        steps.append(time.perf_counter() - t)
+    step_s = float(np.median(steps[1:])) if len(steps) > 1 else steps[0]
+    out = dict(setup_s=setup_s, compile_s=compile_s, steps_s=steps, step_s=step_s, temp_gib=temp_gib,
+               loss=float(metrics["loss"]), response_tokens=float(metrics["response_tokens"]))
+    if args.get("rollout", True):
+        rollout = jax.jit(step_lib.build_rollout(settings))
+        jax.block_until_ready(rollout(state, ids, mask))
+        roll_s = _median_time(lambda: jax.block_until_ready(rollout(state, ids, mask)), 2)
+        rows_b, seq = p * n, tp + new
+        head = 2 * rows_b * new * (3 * s_cfg.hidden_size + t_cfg.hidden_size) * s_cfg.vocab_size
+        update_s = max(step_s - roll_s, 1e-9)
+        # accel_probe's count (remat full: student 2 forward + 2 recompute + 4 backward = 8 per param and
+        # token, teacher 2) and the model FLOPs of MFU (student 6, teacher 2: recompute not counted).
+        probe_flops = (2 * _body_params(t_cfg) + 8 * _body_params(s_cfg)) * rows_b * seq + head
+        model_flops = (2 * _body_params(t_cfg) + 6 * _body_params(s_cfg)) * rows_b * seq + head
+        out.update(rollout_s=roll_s, update_s=update_s, update_tflops_probe=probe_flops / update_s / 1e12,
+                   update_model_tflops=model_flops / update_s / 1e12)
+    print(out, flush=True)
+    return out
+
+
+def worker_hlo(args, smoke):
+    """The compiled decode loop (Qwen3-0.6B widths, 4 layers, batch 8): copies of cache size, while loops."""
+    import re
+
+    import jax
+    import jax.numpy as jnp
+    from tipjax import models, sampling
+
+    s_cfg, _ = _presets(smoke)
+    cfg = s_cfg.replace(param_dtype="bfloat16", compute_dtype="bfloat16", num_layers=min(4, s_cfg.num_layers),
+                        **args.get("model", {}))
+    model = models.init(cfg, jax.random.PRNGKey(0))
+    ids = jnp.ones((8, 128), jnp.int32)
+    state = sampling._jit_prefill(model, ids, jnp.ones_like(ids), jax.random.PRNGKey(0), max_new_tokens=64,
+                                  cache_dtype=None)
+    settings = sampling.DecodeSettings(prompt_len=128, max_new_tokens=64, temperature=1.0, top_k=0, top_p=1.0,
+                                       eos_ids=(), pad_id=0, steps_per_loop=8)
+    text = sampling._jit_decode.lower(model, state, settings).compile().as_text()
+    Path(args["out"]).write_text(text)
+    slots = str(state.cache.max_len)
+    copies = [m.group(0)[:120] for m in re.finditer(r"\w+\[([0-9,]*)\]\{[^}]*\} copy\(", text)
+              if slots in m.group(1).split(",")]
+    return dict(cache_copies=copies, while_loops=len(re.findall(r" while\(", text)),
+                instructions=len(re.findall(r"^\s+\S+ = ", text, re.M)))
+
+
+WORKERS = {"hlo": worker_hlo, "ceilings": worker_ceilings, "decode": worker_decode, "forward": worker_forward, "train": worker_train}
+
+
+def worker_main(name: str, args: dict, smoke: bool) -> None:
+    if smoke:
+        import jax
+        jax.config.update("jax_platforms", "cpu")
+    import jax
+    env = dict(jax=jax.__version__, backend=jax.default_backend(), device=jax.devices()[0].device_kind)
+    result = WORKERS[name](args, smoke)
+    print("RESULT " + json.dumps(dict(env=env, **result)), flush=True)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The plan: (section, label, worker, args, code, extra env, seconds it may need on one H100/H200)
+
+DECODE_NEW = [
+    dict(name="pallas kernel, 8 tokens/iteration (auto on GPU)", model=dict(decode_attention="pallas")),
+    dict(name="xla attention, 8 tokens/iteration", model=dict(decode_attention="xla")),
+]
+
+
+def plan():
+    return [
+        ("ceilings", "ceilings", "ceilings", {}, "new", {}, 20),
+        ("decode", "decode new", "decode", dict(variants=DECODE_NEW), "new", {}, 100),
+        ("hlo", "decode HLO", "hlo", dict(out="OUT/decode_hlo.txt", model=dict(decode_attention="pallas")), "new",
+         {}, 20),
+        ("decode", "decode baseline", "decode", dict(variants=[dict(name="baseline")]), "baseline", {}, 55),
+        ("forward", "forward new + transformers", "forward", dict(backends=["auto", "xla"], hf=True), "new", {}, 45),
+        ("forward", "forward baseline", "forward", dict(backends=[None]), "baseline", {}, 25),
+        ("train", "train new", "train", dict(steps=3), "new", {}, 100),
+        ("train", "train baseline", "train", dict(steps=2, rollout=False), "baseline", {}, 75),
+        ("decode", "decode new + command buffers", "decode",
+         dict(variants=[dict(name="pallas + WHILE/CONDITIONAL command buffers",
+                             model=dict(decode_attention="pallas"))]),
+         "new", {"XLA_FLAGS": COMMAND_BUFFERS}, 45),
+        ("decode", "decode new, 1 token/iteration", "decode",
+         dict(variants=[dict(name="pallas, 1 token/iteration", model=dict(decode_attention="pallas"),
+                             generate=dict(steps_per_loop=1))]), "new", {}, 45),
+        ("train", "train new, remat dots", "train",
+         dict(steps=3, student=dict(remat="dots"), teacher=dict(remat="none")), "new", {}, 100),
+    ]
+
+
+def _pallas_failed(results) -> bool:
+    rows = [row for r in results["runs"] if r.get("label") == "decode new" for row in r.get("rows", [])]
+    return any("pallas" in row["variant"] and "error" in row for row in rows)
+
+
+def run_plan(out_dir: Path, smoke: bool, baseline: str | None, budget: float, only: list[str]) -> dict:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = dict(smoke=smoke, date=time.strftime("%Y-%m-%d"), runs=[])
+    start = time.perf_counter()
+    for section, label, worker, args, code, env_extra, need in plan():
+        if only and section not in only:
+            continue
+        if code == "baseline" and not baseline:
+            continue
+        spent = time.perf_counter() - start
+        if spent + (0 if smoke else need) > budget:
+            results["runs"].append(dict(section=section, label=label, skipped=f"budget ({spent:.0f} s spent)"))
+            continue
+        env = dict(os.environ, **ENV_FLAGS, **env_extra)
+        paths = [baseline if code == "baseline" else str(ROOT), str(ROOT / "scripts"), os.environ.get("PYTHONPATH", "")]
+        env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+        if section == "train" and code == "new" and _pallas_failed(results):
+            args = dict(args, student=dict(args.get("student", {}), decode_attention="xla"))
+            label += " (decode_attention=xla: the Pallas decode rows failed)"
+        args = json.loads(json.dumps(args).replace('"OUT/', json.dumps(str(out_dir) + "/")[:-1]))
+        cmd = [sys.executable, __file__, "--worker", worker, "--args", json.dumps(args)]
+        cmd += ["--smoke"] if smoke else []
+        print(f"=== {label}", flush=True)
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=max(60, budget - spent + 60))
+        run = dict(section=section, label=label, code=code, env_extra=env_extra, wall_s=time.perf_counter() - t0)
+        lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+        if proc.returncode == 0 and lines:
+            run.update(json.loads(lines[-1][len("RESULT "):]))
+        else:
+            run["error"] = (proc.stdout[-1500:] + proc.stderr[-3000:]).strip()
+            print(run["error"][-1500:], flush=True)
+        results["runs"].append(run)
+        (out_dir / "bench_accelerator.json").write_text(json.dumps(results, indent=1))
+        print(json.dumps({k: v for k, v in run.items() if k != "error"})[:1500], flush=True)
+    results["total_s"] = time.perf_counter() - start
+    (out_dir / "bench_accelerator.json").write_text(json.dumps(results, indent=1))
+    return results
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("out", nargs="?")
+    p.add_argument("--smoke", action="store_true")
+    p.add_argument("--baseline")
+    p.add_argument("--budget", type=float, default=480.0)
+    p.add_argument("--only", default="")
+    p.add_argument("--worker")
+    p.add_argument("--args", default="{}")
+    p.add_argument("--render")
+    p.add_argument("--write-docs", action="store_true")
+    a = p.parse_args(argv)
+    if a.worker:
+        return worker_main(a.worker, json.loads(a.args), a.smoke)
+    import bench_accelerator_docs  # scripts/ is on sys.path when run as a script
+    if a.render:
+        results = json.loads(Path(a.render).read_text())
+    else:
+        if not a.out:
+            p.error("OUT_DIR is required")
+        results = run_plan(Path(a.out), a.smoke, a.baseline, a.budget, [s for s in a.only.split(",") if s])
+    table = bench_accelerator_docs.render(results)
+    print(table)
+    if a.write_docs:
+        bench_accelerator_docs.write(table, ROOT / "docs" / "performance.md")
+
+
+if __name__ == "__main__":
+    main()

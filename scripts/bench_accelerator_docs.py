@@ -1,0 +1,83 @@
+"""Renders bench_accelerator.json as markdown and writes it as the `## Accelerator` section of docs/performance.md."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+PEAK_BF16_TFLOPS = 989.0  # H100/H200 SXM dense bf16, the datasheet figure MFU is quoted against
+
+
+def _runs(results, section):
+    return [r for r in results["runs"] if r.get("section") == section and "error" not in r and "skipped" not in r]
+
+
+def render(results: dict) -> str:
+    env = next((r["env"] for r in results["runs"] if "env" in r), {})
+    lines = ["## Accelerator", ""]
+    lines.append(f"`python scripts/bench_accelerator.py OUT --baseline BASELINE_CHECKOUT` on {env.get('device', '?')} "
+                 f"({env.get('backend', '?')}), jax {env.get('jax', '?')}, {results.get('date', '?')}"
+                 f"{' (SMOKE: tiny shapes on CPU, not a measurement)' if results.get('smoke') else ''}. "
+                 f"Every row ran in the same session; \"baseline\" is the tipjax checkout named in the text below.")
+    lines.append("")
+    ceil = next(iter(_runs(results, "ceilings")), None)
+    copy_bw = ceil["copy_bytes_per_s"] if ceil else None
+    if ceil:
+        lines += [f"Ceilings measured in the run: copy {ceil['copy_bytes_per_s'] / 1e12:.2f} TB/s (read + write), "
+                  f"bf16 matmul {ceil['matmul_tflops']:.0f} TFLOP/s.", ""]
+    decode = [(r["label"], row) for r in _runs(results, "decode") for row in r["rows"]]
+    if decode:
+        lines += ["### Decode (Qwen3-0.6B bf16, prompt 128, 512 new tokens, `sampling.generate`)", "",
+                  "| code | variant | batch | ms / step | HBM bound ms | share of bound | compile s |",
+                  "|---|---|---|---|---|---|---|"]
+        for label, row in decode:
+            if "error" in row:
+                lines.append(f"| {label} | {row['variant']} | failed: {row['error'][-200:]} | | | | |")
+                continue
+            bound = row["bytes_per_step"] / copy_bw * 1e3 if copy_bw else None
+            share = f"{bound / row['ms_per_step']:.0%}" if bound else "-"
+            lines.append(f"| {label} | {row['variant']} | {row['batch']} | {row['ms_per_step']:.3f} | "
+                         f"{bound:.3f} | {share} | {row['compile_s']:.1f} |" if bound else
+                         f"| {label} | {row['variant']} | {row['batch']} | {row['ms_per_step']:.3f} | - | - | "
+                         f"{row['compile_s']:.1f} |")
+        lines.append("")
+    forward = [row for r in _runs(results, "forward") for row in
+               [dict(x, label=r["label"]) for x in r["rows"]]]
+    if forward:
+        hf = next((row["ms"] for row in forward if row["variant"].startswith("transformers")), None)
+        lines += ["### Forward (hidden + head, Qwen3-0.6B bf16, 4 x 2048)", "",
+                  "| code | variant | ms | TFLOP/s | speed vs transformers |", "|---|---|---|---|---|"]
+        for row in forward:
+            ratio = f"{hf / row['ms']:.2f}x" if hf else "-"
+            lines.append(f"| {row['label']} | {row['variant']} | {row['ms']:.2f} | {row['tflops']:.0f} | {ratio} |")
+        lines.append("")
+    train = _runs(results, "train")
+    if train:
+        lines += ["### OPD step (Qwen3-1.7B -> Qwen3-0.6B, 8 prompts x 8 samples, prompt 256, 1024 new, "
+                  "micro_batches 4, all tokens)", "",
+                  "| code | compile s | step s | rollout s | update s | update TFLOP/s (probe count) | "
+                  "update MFU (model FLOPs / 989) | temp GiB |", "|---|---|---|---|---|---|---|---|"]
+        for r in train:
+            roll = f"{r['rollout_s']:.2f}" if "rollout_s" in r else "-"
+            upd = f"{r['update_s']:.2f}" if "update_s" in r else "-"
+            tf = f"{r['update_tflops_probe']:.0f}" if "update_tflops_probe" in r else "-"
+            mfu = f"{r['update_model_tflops'] / PEAK_BF16_TFLOPS:.0%}" if "update_model_tflops" in r else "-"
+            lines.append(f"| {r['label']} | {r['compile_s']:.1f} | {r['step_s']:.2f} | {roll} | {upd} | {tf} | {mfu} "
+                         f"| {r['temp_gib']:.1f} |")
+        lines.append("")
+    bad = [r for r in results["runs"] if "error" in r or "skipped" in r]
+    for r in bad:
+        why = r.get("skipped") or r["error"].strip().splitlines()[-1][:300]
+        lines.append(f"- {r['label']}: {'skipped' if 'skipped' in r else 'failed'}: {why}")
+    if bad:
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write(table: str, path: Path) -> None:
+    """Replaces the `## Accelerator` section (up to the next `## `) or appends it."""
+    text = path.read_text() if path.exists() else "# Performance\n"
+    pattern = re.compile(r"^## Accelerator\n.*?(?=^## |\Z)", re.S | re.M)
+    section = table.rstrip() + "\n\n"
+    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section
+    path.write_text(text)
