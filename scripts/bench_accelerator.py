@@ -279,38 +279,29 @@ def worker_main(name: str, args: dict, smoke: bool) -> None:
 # ----------------------------------------------------------------------------------------------------------
 # The plan: (section, label, worker, args, code, extra env, seconds it may need on one H100/H200)
 
-DECODE_NEW = [
-    dict(name="pallas kernel, 8 tokens/iteration (auto on GPU)", model=dict(decode_attention="pallas")),
-    dict(name="xla attention, 8 tokens/iteration", model=dict(decode_attention="xla")),
-]
-
-
 def plan():
+    """In order of importance: a run stops starting rows once its budget is spent."""
+    pallas = dict(decode_attention="pallas")
     return [
-        ("ceilings", "ceilings", "ceilings", {}, "new", {}, 20),
-        ("decode", "decode new", "decode", dict(variants=DECODE_NEW), "new", {}, 100),
-        ("hlo", "decode HLO", "hlo", dict(out="OUT/decode_hlo.txt", model=dict(decode_attention="pallas")), "new",
-         {}, 20),
-        ("decode", "decode baseline", "decode", dict(variants=[dict(name="baseline")]), "baseline", {}, 55),
+        ("ceilings", "ceilings", "ceilings", {}, "new", {}, 10),
+        ("decode", "decode new", "decode", dict(variants=[dict(name="defaults (xla, 8 tokens/iteration)")]), "new",
+         {}, 60),
+        ("train", "train new", "train", dict(steps=3), "new", {}, 95),
+        ("decode", "decode baseline", "decode", dict(variants=[dict(name="baseline")]), "baseline", {}, 45),
+        ("decode", "decode new, 1 token/iteration", "decode",
+         dict(variants=[dict(name="xla, 1 token/iteration", generate=dict(steps_per_loop=1))]), "new", {}, 45),
         ("forward", "forward new + transformers", "forward", dict(backends=["auto", "xla"], hf=True), "new", {}, 45),
         ("forward", "forward baseline", "forward", dict(backends=[None]), "baseline", {}, 25),
-        ("train", "train new", "train", dict(steps=3), "new", {}, 100),
         ("train", "train baseline", "train", dict(steps=2, rollout=False), "baseline", {}, 75),
+        ("hlo", "decode HLO", "hlo", dict(out="OUT/decode_hlo.txt"), "new", {}, 20),
+        ("decode", "decode new, pallas", "decode",
+         dict(variants=[dict(name="pallas kernel, 8 tokens/iteration", model=pallas)]), "new", {}, 60),
         ("decode", "decode new + command buffers", "decode",
-         dict(variants=[dict(name="pallas + WHILE/CONDITIONAL command buffers",
-                             model=dict(decode_attention="pallas"))]),
-         "new", {"XLA_FLAGS": COMMAND_BUFFERS}, 45),
-        ("decode", "decode new, 1 token/iteration", "decode",
-         dict(variants=[dict(name="pallas, 1 token/iteration", model=dict(decode_attention="pallas"),
-                             generate=dict(steps_per_loop=1))]), "new", {}, 45),
+         dict(variants=[dict(name="xla + WHILE/CONDITIONAL command buffers")]), "new",
+         {"XLA_FLAGS": COMMAND_BUFFERS}, 45),
         ("train", "train new, remat dots", "train",
          dict(steps=3, student=dict(remat="dots"), teacher=dict(remat="none")), "new", {}, 100),
     ]
-
-
-def _pallas_failed(results) -> bool:
-    rows = [row for r in results["runs"] if r.get("label") == "decode new" for row in r.get("rows", [])]
-    return any("pallas" in row["variant"] and "error" in row for row in rows)
 
 
 def run_plan(out_dir: Path, smoke: bool, baseline: str | None, budget: float, only: list[str]) -> dict:
@@ -329,9 +320,6 @@ def run_plan(out_dir: Path, smoke: bool, baseline: str | None, budget: float, on
         env = dict(os.environ, **ENV_FLAGS, **env_extra)
         paths = [baseline if code == "baseline" else str(ROOT), str(ROOT / "scripts"), os.environ.get("PYTHONPATH", "")]
         env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
-        if section == "train" and code == "new" and _pallas_failed(results):
-            args = dict(args, student=dict(args.get("student", {}), decode_attention="xla"))
-            label += " (decode_attention=xla: the Pallas decode rows failed)"
         args = json.loads(json.dumps(args).replace('"OUT/', json.dumps(str(out_dir) + "/")[:-1]))
         cmd = [sys.executable, __file__, "--worker", worker, "--args", json.dumps(args)]
         cmd += ["--smoke"] if smoke else []

@@ -179,7 +179,7 @@ def _decode_loop(model, state: SamplerState, settings: DecodeSettings) -> Sample
     kernel = attention.resolve_decode_backend(cfg.decode_attention, attention.current_platform(), t=1,
                                               s=state.cache.max_len, head_dim=cfg.head_dim, contiguous=True)
     segments = 1 if kernel == "pallas" and settings.segments is None else settings.segments
-    layers = model.layer_blocks()  # sliced once here, not per layer and token inside the loop
+    layers = model.decode_layers()  # sliced and stacked once here, not per layer and token inside the loop
     for end in sorted({loop_length(e, k) for e in segment_ends(steps, segments)}):
         state = _decode_segment(model, layers, state, settings, end)
     return state

@@ -46,7 +46,7 @@ class ModelSpec:
     remat: str = "none"              # per-layer rematerialisation: none | full | dots
     attention: str = "auto"          # auto (cudnn on GPU where it applies, else xla) | xla | cudnn | xla_sdpa
     query_chunk: int = 1024          # longer query blocks are attended this many rows at a time
-    decode_attention: str = "auto"   # one-token decode: auto (Pallas kernel on CUDA GPUs, else xla) | xla | pallas
+    decode_attention: str = "auto"   # one-token decode: auto (= xla) | xla | pallas (Triton kernel, opt-in)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,7 +18,8 @@ Decode (ModelConfig.decode_attention): one new query per row against the cache.
   "pallas"    JAX's Pallas flash-decoding kernel (jax.experimental.pallas.ops.gpu.decode_attention, Triton):
               each row reads only its filled slots [start, index + 1), in blocks of 128 slots split across
               the GPU, whatever the cache length; off GPU it runs in Pallas interpret mode (tests).
-  "auto"      pallas on CUDA where decode_supported says it applies, else xla.
+  "auto"      xla. The Pallas kernel measured 1.5x (batch 8) to 2.2x (batch 64) slower than xla per decode
+              step on an H200 (docs/performance.md, "Accelerator"), so it is opt-in until a faster kernel lands.
 
 cuDNN's query/key lengths assume right padding, and tipjax's prompts are left padded, so the cudnn path
 never passes lengths: a mask with padding, a cache offset or segments goes in as a dense [B, 1, T, S]
@@ -138,9 +139,9 @@ def resolve_decode_backend(requested: str, platform: str, *, t: int, s: int, hea
                            contiguous: bool) -> str:
     """The backend of a cache read: "xla" or "pallas". Pure, so every case is testable on CPU.
 
-    "auto" picks pallas on CUDA for a one-token read (t == 1) of a cache whose rows are contiguous
-    (LayerCache.starts given), whose length is a multiple of DECODE_BLOCK and whose head_dim is a power of
-    two >= 16 (Triton tile shapes); else xla. An explicit "pallas" that cannot run is an error.
+    "pallas" needs a one-token read (t == 1) of a cache whose rows are contiguous (LayerCache.starts given),
+    whose length is a multiple of DECODE_BLOCK and whose head_dim is a power of two >= 16 (Triton tile
+    shapes); requested where it cannot run, it is an error. "auto" is xla (see the module docstring).
     """
     if requested not in DECODE_ATTENTION_BACKENDS:
         raise ValueError(f"decode attention backend {requested!r} is not one of {DECODE_ATTENTION_BACKENDS}")
@@ -150,8 +151,6 @@ def resolve_decode_backend(requested: str, platform: str, *, t: int, s: int, hea
             raise ValueError(f"decode_attention='pallas' needs one query per row, contiguous rows (starts), a cache "
                              f"length that is a multiple of {DECODE_BLOCK} and a power-of-two head_dim >= 16; got "
                              f"t={t}, contiguous={contiguous}, s={s}, head_dim={head_dim}")
-        return "pallas"
-    if requested == "auto" and fits and platform == "cuda":
         return "pallas"
     return "xla"
 

@@ -21,7 +21,7 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
+from flax import nnx, struct
 
 from tipjax.models import attention as attn
 from tipjax.models import layers as ops
@@ -73,6 +73,47 @@ class Blocks(nnx.Module):
         self.w_gate, self.w_up, self.w_down = params["w_gate"], params["w_up"], params["w_down"]
 
 
+@struct.dataclass
+class DecodeLayer:
+    """One layer's weights for a decode step, with the projections that read the same input stacked so a
+    one-token step launches one matmul for q/k/v and one for gate/up (a decode step is launch bound).
+
+    wqkv [D, K, G + 2, H]: per kv head, its G query heads, then its key, then its value (grouped by kv head,
+    so sharding kv heads over `tensor` keeps each group on one device); bqkv [K, G + 2, H] or None;
+    w_gate_up [D, 2, F]. The rest as in Blocks, for one layer.
+    """
+
+    attn_norm: jax.Array
+    wqkv: jax.Array
+    bqkv: jax.Array | None
+    q_norm: jax.Array | None
+    k_norm: jax.Array | None
+    wo: jax.Array
+    mlp_norm: jax.Array
+    w_gate_up: jax.Array
+    w_down: jax.Array
+
+    @classmethod
+    def from_blocks(cls, blocks: Blocks, i: int, cfg: ModelConfig) -> DecodeLayer:
+        """Layer i of the stacked Blocks, in the compute dtype."""
+        def get(p):
+            return None if p is None else p[...][i].astype(cfg.compute_dtype)
+
+        k, g, h = cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads, cfg.head_dim
+
+        def stack_qkv(q, k_, v, lead):  # q [*lead, N, H], k_/v [*lead, K, H] -> [*lead, K, G + 2, H]
+            q = q.reshape(*lead, k, g, h)
+            return jnp.concatenate([q, k_[..., None, :], v[..., None, :]], axis=-2)
+
+        d = cfg.hidden_size
+        bqkv = None if blocks.bq is None else stack_qkv(get(blocks.bq), get(blocks.bk), get(blocks.bv), ())
+        return cls(attn_norm=get(blocks.attn_norm),
+                   wqkv=stack_qkv(get(blocks.wq), get(blocks.wk), get(blocks.wv), (d,)), bqkv=bqkv,
+                   q_norm=get(blocks.q_norm), k_norm=get(blocks.k_norm), wo=get(blocks.wo),
+                   mlp_norm=get(blocks.mlp_norm), w_gate_up=jnp.stack([get(blocks.w_gate), get(blocks.w_up)], 1),
+                   w_down=get(blocks.w_down))
+
+
 class Decoder(nnx.Module):
     """Causal decoder. Build with models.init / models.load_hf, or Decoder(config, {name: array}) (see param_specs)."""
 
@@ -117,7 +158,7 @@ class Decoder(nnx.Module):
     def hidden_cached(self, tokens: jax.Array, positions: jax.Array, cache: KVCache,
                       token_mask: jax.Array, *, fresh: bool = False, window: int | None = None,
                       starts: jax.Array | None = None,
-                      layers: Sequence[Blocks] | None = None) -> tuple[jax.Array, KVCache]:
+                      layers: Sequence[DecodeLayer] | None = None) -> tuple[jax.Array, KVCache]:
         """Runs T new tokens [B, T] at positions [B, T] against the cache -> (hidden [B, T, D], new cache).
 
         Their keys/values go to slots [cache.index, cache.index + T) with cache.mask there = token_mask [B, T];
@@ -127,7 +168,7 @@ class Decoder(nnx.Module):
         fresh=True promises an empty cache (index 0): the layers then run as one scan, attending over the T
         new keys only ([T, T] scores, not [T, S]), and write their keys into the cache afterwards.
         Otherwise the layers run unrolled, each on its own cache buffer (no per-step copies), with the
-        per-layer weights `layers` (default: sliced from the stack here; a decode loop slices once outside).
+        per-layer weights `layers` (default: self.decode_layers() here; a decode loop makes them once outside).
         window (static) promises that every query's slot is < window: xla attention reads only slots
         [0, window). starts [B]: see LayerCache.starts (lets a decode kernel read only the filled slots).
         """
@@ -147,7 +188,7 @@ class Decoder(nnx.Module):
             k = tuple(write(cache.k[i], ks[i]) for i in range(len(cache.k)))
             v = tuple(write(cache.v[i], vs[i]) for i in range(len(cache.v)))
             return self._final_norm(x), KVCache(k=k, v=v, mask=kv_mask, index=index + t)
-        layers = self.layer_blocks() if layers is None else layers
+        layers = self.decode_layers() if layers is None else layers
         k, v = [], []
         for i, blk in enumerate(layers):
             view = LayerCache(k=cache.k[i], v=cache.v[i], mask=kv_mask, index=index, starts=starts, window=window)
@@ -156,9 +197,9 @@ class Decoder(nnx.Module):
             v.append(v_i)
         return self._final_norm(x), KVCache(k=tuple(k), v=tuple(v), mask=kv_mask, index=index + t)
 
-    def layer_blocks(self) -> tuple[Blocks, ...]:
-        """The L blocks' parameters as L separate Blocks (static slices of the stacked arrays)."""
-        return tuple(jax.tree.map(lambda p, i=i: p[i], self.blocks) for i in range(self.config.num_layers))
+    def decode_layers(self) -> tuple[DecodeLayer, ...]:
+        """The L layers' weights for decode steps (sliced from the stack, projections stacked; a copy)."""
+        return tuple(DecodeLayer.from_blocks(self.blocks, i, self.config) for i in range(self.config.num_layers))
 
     def init_cache(self, batch: int, max_len: int, dtype=None) -> KVCache:
         """An empty cache for `batch` rows and `max_len` slots (dtype defaults to the compute dtype)."""
@@ -187,7 +228,7 @@ class Decoder(nnx.Module):
             return step
         return jax.checkpoint(step, policy=_REMAT_POLICIES[self.config.remat], prevent_cse=False)
 
-    def _block(self, blk: Blocks, x: jax.Array, positions: jax.Array, *, mask: attn.AttentionMask | None = None,
+    def _block(self, blk: Blocks | DecodeLayer, x: jax.Array, positions: jax.Array, *, mask: attn.AttentionMask | None = None,
                cache: LayerCache | None = None) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
         """One transformer block on x [B, T, D] -> (x, (k, v)).
 
@@ -205,11 +246,19 @@ class Decoder(nnx.Module):
         b, t = h.shape[:2]
         with jax.named_scope("qkv"):
             h2 = ops.flat_tokens(h)  # M = B * T tokens (see ops.flat_tokens)
-            q = jnp.einsum("MD,DNH->MNH", h2, w(blk.wq)).reshape(b, t, cfg.num_heads, cfg.head_dim)
-            k = jnp.einsum("MD,DKH->MKH", h2, w(blk.wk)).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
-            v = jnp.einsum("MD,DKH->MKH", h2, w(blk.wv)).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
-            if cfg.qkv_bias:
-                q, k, v = q + w(blk.bq), k + w(blk.bk), v + w(blk.bv)
+            if isinstance(blk, DecodeLayer):
+                qkv = jnp.einsum("MD,DKEH->MKEH", h2, w(blk.wqkv))
+                if cfg.qkv_bias:
+                    qkv = qkv + w(blk.bqkv)
+                g = cfg.num_heads // cfg.num_kv_heads
+                q = qkv[:, :, :g].reshape(b, t, cfg.num_heads, cfg.head_dim)
+                k, v = (qkv[:, :, j].reshape(b, t, cfg.num_kv_heads, cfg.head_dim) for j in (g, g + 1))
+            else:
+                q = jnp.einsum("MD,DNH->MNH", h2, w(blk.wq)).reshape(b, t, cfg.num_heads, cfg.head_dim)
+                k = jnp.einsum("MD,DKH->MKH", h2, w(blk.wk)).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+                v = jnp.einsum("MD,DKH->MKH", h2, w(blk.wv)).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+                if cfg.qkv_bias:
+                    q, k, v = q + w(blk.bq), k + w(blk.bk), v + w(blk.bv)
             if cfg.qk_norm:
                 q = ops.rms_norm(q, w(blk.q_norm), cfg.rms_norm_eps)
                 k = ops.rms_norm(k, w(blk.k_norm), cfg.rms_norm_eps)
@@ -227,7 +276,10 @@ class Decoder(nnx.Module):
             x = x + jnp.einsum("MNH,NHD->MD", ops.flat_tokens(out), w(blk.wo)).reshape(x.shape)
         with jax.named_scope("mlp"):
             h = ops.rms_norm(x, w(blk.mlp_norm), cfg.rms_norm_eps)
-            x = x + ops.swiglu(h, w(blk.w_gate), w(blk.w_up), w(blk.w_down))
+            if isinstance(blk, DecodeLayer):
+                x = x + ops.swiglu_fused(h, w(blk.w_gate_up), w(blk.w_down))
+            else:
+                x = x + ops.swiglu(h, w(blk.w_gate), w(blk.w_up), w(blk.w_down))
         return x, kv
 
 
