@@ -1,0 +1,36 @@
+"""scripts/bench_accelerator.py: its CPU smoke mode runs end to end (worker processes, JSON, rendering), and the
+docs tables render from the checked-in accelerator results."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import bench_accelerator_docs  # noqa: E402
+
+
+def test_smoke_runs_on_cpu(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_accelerator.py"), str(tmp_path), "--smoke",
+                           "--only", "ceilings,hlo"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads((tmp_path / "bench_accelerator.json").read_text())
+    runs = {r["section"]: r for r in results["runs"]}
+    assert results["smoke"] and set(runs) == {"ceilings", "hlo"}
+    assert "error" not in runs["ceilings"] and runs["ceilings"]["copy_bytes_per_s"] > 0
+    assert runs["hlo"]["cache_copies"] == [] and runs["hlo"]["while_loops"] >= 1
+    assert "Ceilings measured in the run" in proc.stdout
+
+
+def test_docs_render_from_checked_in_results(tmp_path):
+    results = json.loads((ROOT / "docs" / "bench_accelerator.json").read_text())
+    table = bench_accelerator_docs.render(results)
+    decode = [r for r in results["runs"] if r["label"] == "decode new"][0]["rows"]
+    assert f"| {decode[0]['ms_per_step']:.3f} |" in table and "### OPD step" in table
+    doc = tmp_path / "performance.md"
+    doc.write_text("# Performance\n\n## Accelerator\nold\n\n## Later\nkept\n")
+    bench_accelerator_docs.write(table, doc)
+    text = doc.read_text()
+    assert "old" not in text and "## Later\nkept" in text and text.count("## Accelerator") == 1
