@@ -92,13 +92,13 @@ MUTANTS: tuple[Mutant, ...] = (
         "nonfinite_skip_misses_opt_state", "tipjax/optim.py",
         "opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), opt_state, state.opt_state)",
         "opt_state = jax.tree.map(lambda new, old: new, opt_state, state.opt_state)",
-        ("tests/test_train.py", "tests/test_sft.py"),
+        ("tests/test_update_math.py", "tests/test_train.py", "tests/test_sft.py"),
         "a skipped (non-finite) update still writes its NaN moments into the optimizer state"),
     Mutant(
         "grads_not_divided_by_weight_sum", "tipjax/optim.py",
         "return loss_sum * scale, jax.tree.map(lambda g: g * scale, grads), metrics, weight_sum",
         "return loss_sum * scale, grads, metrics, weight_sum",
-        ("tests/test_step_consistency.py", "tests/test_sft.py", "tests/test_train.py"),
+        ("tests/test_update_math.py", "tests/test_step_consistency.py", "tests/test_sft.py", "tests/test_train.py"),
         "accumulate normalises the loss but not the gradient (sum of weighted gradients, not their mean)"),
     # --- selection -------------------------------------------------------------------------------------------
     Mutant(
@@ -166,7 +166,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "logprob_under_tempered_distribution", "tipjax/sampling.py",
         "logprob = jnp.take_along_axis(jax.nn.log_softmax(s.next_logits, axis=-1)",
         "logprob = jnp.take_along_axis(jax.nn.log_softmax(s.next_logits / (settings.temperature or 1.0), axis=-1)",
-        ("tests/test_sampling.py", "tests/test_step_consistency.py"),
+        ("tests/test_update_math.py", "tests/test_sampling.py", "tests/test_step_consistency.py"),
         "out.logprobs under the temperature-scaled distribution instead of the unmodified model"),
     # --- models ----------------------------------------------------------------------------------------------
     Mutant(
@@ -179,7 +179,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "rms_norm_eps_outside_sqrt", "tipjax/models/layers.py",
         "normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)",
         "normed = x32 / (jnp.sqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True)) + eps)",
-        ("tests/test_models_hf.py",),
+        ("tests/test_update_math.py", "tests/test_models_hf.py"),
         "RMSNorm adds eps after the square root instead of inside it"),
     Mutant(
         "qk_norm_skipped", "tipjax/models/decoder.py",
