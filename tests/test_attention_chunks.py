@@ -31,5 +31,6 @@ def test_chunked_attention_matches_reference_and_gradients():
     out = attention.attention(q, k, v, spec)
     np.testing.assert_allclose(np.asarray(out), _reference(q, k, v, mask), atol=2e-5)
     grad_chunked = jax.grad(lambda x: jnp.sum(attention.attention(x, k, v, spec) ** 2))(q)
-    grad_block = jax.grad(lambda x: jnp.sum(attention._attention_block(x, k, v, mask) ** 2))(q)
+    k_heads, v_heads = k.swapaxes(1, 2), v.swapaxes(1, 2)  # the block takes heads-major keys and values
+    grad_block = jax.grad(lambda x: jnp.sum(attention._attention_block(x, k_heads, v_heads, mask) ** 2))(q)
     np.testing.assert_allclose(np.asarray(grad_chunked), np.asarray(grad_block), atol=1e-5)
