@@ -228,7 +228,8 @@ class Decoder(nnx.Module):
             return step
         return jax.checkpoint(step, policy=_REMAT_POLICIES[self.config.remat], prevent_cse=False)
 
-    def _block(self, blk: Blocks | DecodeLayer, x: jax.Array, positions: jax.Array, *, mask: attn.AttentionMask | None = None,
+    def _block(self, blk: Blocks | DecodeLayer, x: jax.Array, positions: jax.Array, *,
+               mask: attn.AttentionMask | None = None,
                cache: LayerCache | None = None) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
         """One transformer block on x [B, T, D] -> (x, (k, v)).
 
