@@ -7,7 +7,8 @@ A user's mistake (a flag, a config key, a path, a prompt line, a checkpoint) pri
 
 on stderr and exits 2 for usage/config errors and 1 for the rest, without a traceback. `--debug` on the
 command line or TIPJAX_DEBUG=1 re-raises it with its traceback. Anything not in USER_ERRORS is a bug and
-keeps its traceback.
+keeps its traceback. Ctrl-C prints `error: interrupted (Ctrl-C)` and exits 130 (a trainer's finished
+checkpoints are kept; rerunning resumes from the newest).
 
     if __name__ == "__main__":
         sys.exit(cli.run_main(main))
@@ -122,6 +123,12 @@ def run_main(main: Callable[[list[str]], Any], argv: Sequence[str] | None = None
     debug = _debug(argv)
     try:
         main([a for a in argv if a != "--debug"])
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        sys.stdout.flush()
+        print("error: interrupted (Ctrl-C)", file=sys.stderr, flush=True)
+        return 130
     except Exception as err:
         code = classify(err, usage_errors, user_errors)
         if debug or code is None:

@@ -54,6 +54,10 @@ def shared_vocab(student_vocab: int, teacher_vocab: int, tokenizer, *, shapes_on
     shapes_only (dry runs on presets, no tokenizer at hand): the smaller table stands in for the real vocabulary.
     """
     if student_vocab == teacher_vocab:
+        if tokenizer is not None and len(tokenizer) > student_vocab:
+            raise IncompatibleModels(f"the tokenizer {tokenizer.name_or_path} has {len(tokenizer)} tokens but the "
+                                     f"models' embedding tables only {student_vocab} rows: its ids would fall "
+                                     f"outside the vocabulary")
         return student_vocab
     if tokenizer is None and shapes_only:
         return min(student_vocab, teacher_vocab)
@@ -62,8 +66,9 @@ def shared_vocab(student_vocab: int, teacher_vocab: int, tokenizer, *, shapes_on
                                  f"tells the real vocabulary; set data.tokenizer")
     real = len(tokenizer)
     if real > min(student_vocab, teacher_vocab):
-        raise IncompatibleModels(f"tokenizer has {real} tokens but the embedding tables have {student_vocab} "
-                                 f"(student) and {teacher_vocab} (teacher) rows: different real vocabularies")
+        raise IncompatibleModels(f"the tokenizer {tokenizer.name_or_path} has {real} tokens but the embedding tables "
+                                 f"have {student_vocab} (student) and {teacher_vocab} (teacher) rows: different real "
+                                 f"vocabularies")
     return real
 
 

@@ -53,9 +53,12 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
 
 
 def _parse_value(text: str, current: Any) -> Any:
-    """A Python literal where the text is one (numbers, tuples, None, booleans); otherwise the text itself."""
+    """A Python literal where the text is one (numbers, tuples, None, booleans); otherwise the text itself.
+    Over a string, only `None` is read (it unsets an optional key such as teacher.path); the rest is text."""
     if isinstance(current, str):
-        return text
+        return None if text == "None" else text
+    if isinstance(current, float) and text.strip().lower() in ("nan", "inf", "+inf", "-inf", "infinity", "-infinity"):
+        return float(text)  # not literals, but floats a user may type; validation then names the key
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):

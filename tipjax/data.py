@@ -14,7 +14,8 @@ skipped, or truncated from the left so the instruction and the generation prompt
 
 Batch: prompt_ids [B, Tp] int32 (left padded, Tp a length bucket), prompt_mask [B, Tp] int32,
 answers [B] object (gold strings), indices [B] int64 (0-based row in the file), and one [B] object
-array per metadata field present in the file (subject, level, ...).
+array per metadata field present in the file (subject, level, ...). With teacher-only context
+(tipjax.teacher_context) also teacher_prompt_ids / teacher_prompt_mask [B, Tt], padded to their own bucket.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ class LoaderOptions:
     num_epochs: int | None = 1  # None repeats forever
     drop_remainder: bool = True  # fixed batch shape; the last partial batch of the run is dropped
     buckets: tuple[int, ...] | None = None  # prompt length buckets; None = sampling's powers of two
+    teacher_buckets: tuple[int, ...] | None = None  # the same for teacher-only prompts (teacher_context)
     shard_index: int | None = None  # None = jax.process_index()
     shard_count: int | None = None  # None = jax.process_count()
 
@@ -77,6 +79,7 @@ class Prompt:
     token_ids: np.ndarray  # [T] int32
     answer: str
     metadata: Mapping[str, Any]
+    teacher_token_ids: np.ndarray | None = None  # [Tt] int32: the teacher-only prompt (teacher_context), if any
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -102,8 +105,13 @@ def read_rows(path: str | Path) -> Iterator[tuple[int, dict]]:
         return
     if path.suffix not in (".jsonl", ".json"):
         raise PromptFileError(f"{path}: unsupported prompt file type {path.suffix!r}; use .jsonl or .parquet")
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise PromptFileError(f"{path}:{number}: not UTF-8 text (byte {raw[err.start]:#04x} at column "
+                                      f"{err.start + 1})") from None
             if not line.strip():
                 continue
             try:
@@ -175,9 +183,14 @@ def pad_token_id(tokenizer) -> int:
 
 
 def load_prompts(path: str | Path, tokenizer, options: PromptOptions = PromptOptions(),
-                 limit: int | None = None) -> PromptSet:
-    """Reads, templates and tokenises the first ``limit`` rows (all if None) of a prompt file."""
-    rows, texts = [], []
+                 limit: int | None = None, teacher=None) -> PromptSet:
+    """Reads, templates and tokenises the first ``limit`` rows (all if None) of a prompt file.
+
+    teacher: a teacher_context.TeacherContext; each prompt then also holds the teacher's own prompt ids.
+    """
+    from tipjax import teacher_context
+
+    rows, texts, teacher_texts = [], [], []
     for number, row in read_rows(path):
         if limit is not None and len(rows) >= limit:
             break
@@ -193,20 +206,34 @@ def load_prompts(path: str | Path, tokenizer, options: PromptOptions = PromptOpt
                 answer = gold_answer(raw, options.answer_format)
             except ValueError as err:
                 raise PromptFileError(f"{path}:{number}: {err}") from err
-        rows.append((len(rows), row, answer))
+        rows.append((len(rows), row, answer, number))
         texts.append(render(tokenizer, messages, options))
+        if teacher is not None:
+            try:
+                teacher_texts.append(render(tokenizer, teacher_context.teacher_messages(row, messages, teacher,
+                                                                                      options), options))
+            except teacher_context.ContextError as err:
+                raise PromptFileError(f"{path}:{number}: {err}") from None
     if not rows:
         raise PromptFileError(f"{path}: no prompt rows")
     token_ids = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
-    fields = tuple(f for f in options.metadata_fields if any(f in row for _, row, _ in rows))
+    teacher_ids = [None] * len(rows)
+    if teacher_texts:
+        teacher_ids = tokenizer(teacher_texts, add_special_tokens=False)["input_ids"]
+    fields = tuple(f for f in options.metadata_fields if any(f in row for _, row, _, _ in rows))
     prompts, skipped, truncated = [], 0, 0
-    for (index, row, answer), ids in zip(rows, token_ids):
+    for (index, row, answer, number), ids, t_ids in zip(rows, token_ids, teacher_ids):
         if len(ids) > options.max_prompt_length:
             if options.overlong == "skip":
                 skipped += 1
                 continue
             ids, truncated = ids[-options.max_prompt_length:], truncated + 1
-        prompts.append(Prompt(index, np.asarray(ids, np.int32), answer, {f: row.get(f) for f in fields}))
+        if t_ids is not None and len(t_ids) > teacher.max_prompt_length:
+            # Cutting privileged context would silently change what the teacher knows: an error instead.
+            raise PromptFileError(f"{path}:{number}: the teacher prompt has {len(t_ids)} tokens, more than "
+                                  f"data.teacher_max_prompt_length={teacher.max_prompt_length}")
+        prompts.append(Prompt(index, np.asarray(ids, np.int32), answer, {f: row.get(f) for f in fields},
+                              None if t_ids is None else np.asarray(t_ids, np.int32)))
     if skipped or truncated:
         log.warning("%s: %d of %d prompts longer than %d tokens (%d skipped, %d truncated from the left)",
                     path, skipped + truncated, len(rows), options.max_prompt_length, skipped, truncated)
@@ -215,21 +242,32 @@ def load_prompts(path: str | Path, tokenizer, options: PromptOptions = PromptOpt
     return PromptSet(str(path), tuple(prompts), fields, len(rows), skipped, truncated)
 
 
-def collate(prompts: Sequence[Prompt], pad_id: int, buckets: tuple[int, ...] | None = None) -> dict[str, np.ndarray]:
-    """Left-pads prompts to the bucket of the longest one; see the module docstring for the fields."""
-    width = sampling.bucket_size(max(len(p.token_ids) for p in prompts), buckets)
-    ids = np.full((len(prompts), width), pad_id, np.int32)
-    mask = np.zeros((len(prompts), width), np.int32)
-    for row, prompt in enumerate(prompts):
-        n = len(prompt.token_ids)
-        ids[row, width - n:] = prompt.token_ids
-        mask[row, width - n:] = 1
+def left_pad(seqs: Sequence[np.ndarray], pad_id: int, buckets: tuple[int, ...] | None = None):
+    """Token id sequences -> (ids, mask) [B, W] int32, left padded to the bucket W of the longest one."""
+    width = sampling.bucket_size(max(len(x) for x in seqs), buckets)
+    ids = np.full((len(seqs), width), pad_id, np.int32)
+    mask = np.zeros((len(seqs), width), np.int32)
+    for row, seq in enumerate(seqs):
+        ids[row, width - len(seq):] = seq
+        mask[row, width - len(seq):] = 1
+    return ids, mask
+
+
+def collate(prompts: Sequence[Prompt], pad_id: int, buckets: tuple[int, ...] | None = None,
+            teacher_buckets: tuple[int, ...] | None = None) -> dict[str, np.ndarray]:
+    """Left-pads prompts to the bucket of the longest one; see the module docstring for the fields.
+    Prompts with a teacher-only prompt also give teacher_prompt_ids / teacher_prompt_mask, padded to their own
+    bucket."""
+    ids, mask = left_pad([p.token_ids for p in prompts], pad_id, buckets)
     batch = {
         "prompt_ids": ids,
         "prompt_mask": mask,
         "answers": _objects([p.answer for p in prompts]),
         "indices": np.array([p.index for p in prompts], np.int64),
     }
+    if prompts[0].teacher_token_ids is not None:
+        batch["teacher_prompt_ids"], batch["teacher_prompt_mask"] = left_pad(
+            [p.teacher_token_ids for p in prompts], pad_id, teacher_buckets)
     for field in prompts[0].metadata:
         batch[field] = _objects([p.metadata[field] for p in prompts])
     return batch
@@ -265,7 +303,8 @@ def make_dataset(prompt_set: PromptSet, pad_id: int, options: LoaderOptions) -> 
         ds = ds.shuffle(seed=options.seed)
     ds = ds.repeat(options.num_epochs)
     return ds.batch(options.batch_size, drop_remainder=options.drop_remainder,
-                    batch_fn=functools.partial(collate, pad_id=pad_id, buckets=options.buckets))
+                    batch_fn=functools.partial(collate, pad_id=pad_id, buckets=options.buckets,
+                                               teacher_buckets=options.teacher_buckets))
 
 
 def make_iterator(prompt_set: PromptSet, pad_id: int, options: LoaderOptions) -> "grain.DatasetIterator":

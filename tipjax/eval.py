@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -91,12 +92,38 @@ def resolve_model(path: str | Path, dtype=jnp.float32) -> LoadedModel:
         if source is None:
             raise cli.UserError(f"the run's student had no Hugging Face folder, so no tokenizer", "--model")
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
-        return LoadedModel(model, tokenizer, compat.stop_ids(source, tokenizer, model.config.eos_token_id))
+        eos = compat.stop_ids(source, tokenizer, model.config.eos_token_id)
+        _check_vocabulary(tokenizer, eos, model.config.vocab_size, path)
+        return LoadedModel(model, tokenizer, eos)
     if not (path / "config.json").is_file():
         raise cli.UsageError(f"{path} is neither a Hugging Face model folder (no config.json) nor a tipjax workdir", "--model")
+    try:
+        hf_config = json.loads((path / "config.json").read_text())
+    except ValueError as err:
+        raise cli.UserError(f"config.json is not valid JSON ({err})", path / "config.json") from None
     tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
-    model = models.load_hf(str(path), dtype=dtype)
-    return LoadedModel(model, tokenizer, compat.stop_ids(path, tokenizer, model.config.eos_token_id))
+    vocab = hf_config.get("vocab_size", hf_config.get("text_config", {}).get("vocab_size"))
+    eos = compat.stop_ids(path, tokenizer, None)
+    if isinstance(vocab, int):  # before any weights load
+        _check_vocabulary(tokenizer, eos, vocab, path)
+    try:
+        model = models.load_hf(str(path), dtype=dtype)
+    except ValueError as err:  # load_hf's errors name the file or tensor: a bad folder, not a bug
+        raise cli.UserError(f"cannot load the model: {err}", "--model") from err
+    eos = compat.stop_ids(path, tokenizer, model.config.eos_token_id)
+    _check_vocabulary(tokenizer, eos, model.config.vocab_size, path)
+    return LoadedModel(model, tokenizer, eos)
+
+
+def _check_vocabulary(tokenizer, eos: Sequence[int], vocab: int, where: Path) -> None:
+    """A tokenizer whose ids exceed the model's embedding table, or stop ids outside it, is a user error."""
+    if len(tokenizer) > vocab:
+        raise cli.UserError(f"the tokenizer has {len(tokenizer)} tokens but the model's embedding table only "
+                            f"{vocab} rows", where, hint="the tokenizer files do not belong to this model")
+    bad = [e for e in eos if not 0 <= e < vocab]
+    if bad:
+        raise cli.UserError(f"stop token id(s) {bad} (generation_config.json / config.json eos_token_id) lie outside "
+                            f"the vocabulary [0, {vocab})", where)
 
 
 def _stats(values: np.ndarray) -> tuple[float, float]:
@@ -227,6 +254,43 @@ def _problem_entry(prompt: data.Prompt, correct: np.ndarray, lengths: np.ndarray
     return entry
 
 
+def check_settings(cfg: EvalConfig) -> None:
+    """Every sampling setting's range, named by its flag, before anything loads."""
+    import math
+
+    def need(ok: bool, flag: str, value, want: str) -> None:
+        if not ok:
+            raise cli.UsageError(f"{flag.lstrip('-').replace('-', '_')}={value!r} {want}", flag)
+
+    finite = lambda x: isinstance(x, (int, float)) and math.isfinite(x)  # noqa: E731
+    need(cfg.n >= 1, "--n", cfg.n, "must be >= 1")
+    need(cfg.batch_size >= 1, "--batch-size", cfg.batch_size, "must be >= 1")
+    need(finite(cfg.temperature) and cfg.temperature >= 0, "--temperature", cfg.temperature,
+         "must be a finite number >= 0 (0 is greedy)")
+    need(finite(cfg.top_p) and 0 < cfg.top_p <= 1, "--top-p", cfg.top_p, "must be in (0, 1]")
+    need(cfg.top_k >= 0, "--top-k", cfg.top_k, "must be >= 0 (0 disables it)")
+    need(cfg.max_new_tokens >= 1, "--max-new-tokens", cfg.max_new_tokens, "must be >= 1")
+    need(cfg.limit >= 0, "--limit", cfg.limit, "must be >= 0 (0: all)")
+
+
+def check_output(out: str | Path) -> None:
+    """--out must be a file that can be written, checked before any sampling (nothing is created here)."""
+    out = Path(out)
+    if out.is_dir():
+        raise cli.UserError("--out is a folder, not a report file", out)
+    if out.exists():
+        if not os.access(out, os.W_OK):
+            raise cli.UserError("--out is not writable", out)
+        return
+    parent = out.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise cli.UserError(f"--out cannot be created: {parent} is not a folder", out)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise cli.UserError(f"--out cannot be created: {parent} is not writable", out)
+
+
 def _data_paths(cfg: EvalConfig) -> list[Path]:
     if not cfg.data:
         raise cli.UsageError("no evaluation data: pass --data FILE [FILE ...] or a --config with data", "--data")
@@ -239,10 +303,21 @@ def run(cfg: EvalConfig, *, progress: bool = True) -> dict[str, Any]:
         raise cli.UsageError("no model: pass --model HF_FOLDER or a training workdir", "--model")
     if cfg.dtype not in ("float32", "bfloat16"):
         raise cli.UsageError(f"dtype must be float32 or bfloat16, got {cfg.dtype!r}", "--dtype")
+    check_settings(cfg)
     paths = _data_paths(cfg)
+    names: dict[str, Path] = {}
     for path in paths:
         if not path.is_file():
             raise FileNotFoundError(f"evaluation data file not found: {path}")
+        for _ in data.read_rows(path):  # every row parses (file:line errors) before the model loads
+            pass
+        name = data.dataset_name(path)
+        if name in names:
+            raise cli.UsageError(f"{names[name]} and {path} both report as dataset {name!r}", "--data",
+                                 hint="rename one of the files (the report is keyed by file stem)")
+        names[name] = path
+    if cfg.out:
+        check_output(cfg.out)
     start = time.perf_counter()
     loaded = resolve_model(cfg.model, dtype=jnp.dtype(cfg.dtype))
     load_s = time.perf_counter() - start

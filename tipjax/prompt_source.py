@@ -13,12 +13,16 @@ from typing import Any
 import jax
 import numpy as np
 
-from tipjax import data
+from tipjax import data, teacher_context
 from tipjax.train_config import DataSpec
 
 
+# What the step reads from a batch; the teacher's keys only when data.teacher_* asks for teacher-only context.
+STEP_KEYS = ("prompt_ids", "prompt_mask", "teacher_prompt_ids", "teacher_prompt_mask")
+
+
 class SyntheticPrompts:
-    """Random prompt ids, a pure function of (seed, host, batch number): resuming needs only the batch number."""
+    """Random prompt ids, a pure function of (seed, batch number): resuming needs only the batch number."""
 
     def __init__(self, spec: DataSpec, batch_size: int, vocab_size: int, avoid_ids: tuple[int, ...] = ()):
         if not 1 <= spec.synthetic_min_len <= spec.synthetic_max_len <= spec.max_prompt_length:
@@ -28,15 +32,17 @@ class SyntheticPrompts:
         self.position = 0
 
     def __next__(self) -> dict[str, np.ndarray]:
-        # Each host draws its own slice of the global batch (multi-host), deterministically.
-        rng = np.random.default_rng([self.spec.seed, jax.process_index(), self.position])
+        # Every host draws the whole global batch (batch_size rows per process) and keeps its own slice, so
+        # a run's prompts do not depend on how many processes share it.
+        rng = np.random.default_rng([self.spec.seed, 0, self.position])
         self.position += 1
-        width = self.spec.max_prompt_length
-        lengths = rng.integers(self.spec.synthetic_min_len, self.spec.synthetic_max_len + 1, self.batch_size)
-        ids = np.zeros((self.batch_size, width), np.int32)
+        width, rows = self.spec.max_prompt_length, self.batch_size * jax.process_count()
+        lengths = rng.integers(self.spec.synthetic_min_len, self.spec.synthetic_max_len + 1, rows)
+        ids = np.zeros((rows, width), np.int32)
         mask = (np.arange(width)[None, :] >= width - lengths[:, None]).astype(np.int32)
         ids[mask > 0] = rng.choice(self.allowed, int(mask.sum()))
-        return {"prompt_ids": ids, "prompt_mask": mask}
+        mine = slice(jax.process_index() * self.batch_size, (jax.process_index() + 1) * self.batch_size)
+        return {"prompt_ids": ids[mine], "prompt_mask": mask[mine]}
 
     def get_state(self) -> dict[str, Any]:
         return {"position": self.position}
@@ -57,14 +63,17 @@ class FilePrompts:
     """Prompts from a .jsonl/.parquet file through tipjax.data, repeating over epochs, this process's shard."""
 
     def __init__(self, spec: DataSpec, batch_size: int, tokenizer):
-        self.prompt_set = data.load_prompts(spec.source, tokenizer, prompt_options(spec))
+        context = teacher_context.from_spec(spec)
+        self.prompt_set = data.load_prompts(spec.source, tokenizer, prompt_options(spec), teacher=context)
+        # One bucket each (the student's and the teacher's own width), so the step compiles once.
         loader = data.LoaderOptions(batch_size=batch_size, seed=spec.seed, num_epochs=None,
-                                    buckets=(spec.max_prompt_length,))
+                                    buckets=(spec.max_prompt_length,),
+                                    teacher_buckets=context and (context.max_prompt_length,))
         self.iterator = data.make_iterator(self.prompt_set, data.pad_token_id(tokenizer), loader)
 
     def __next__(self) -> dict[str, np.ndarray]:
         batch = next(self.iterator)
-        return {"prompt_ids": batch["prompt_ids"], "prompt_mask": batch["prompt_mask"]}
+        return {k: batch[k] for k in STEP_KEYS if k in batch}
 
     def get_state(self) -> dict[str, Any]:
         state = self.iterator.get_state()

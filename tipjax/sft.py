@@ -194,6 +194,9 @@ def _command(argv: list[str]) -> None:
         raise cli.UsageError("no config", "--config", "pass --config=configs/sft_x.py[:variant]")
     cfg = load_config(spec, overrides)
     validate_sft(cfg)
+    if cfg.data.source:  # every row parses (file:line errors) before the model loads
+        for _ in sft_data.pairs(cfg.data):
+            pass
     print(describe(cfg))
     final = train(cfg, args.workdir, max_steps=args.max_steps, resume_step=args.resume_step)
     print(json.dumps({k: round(v, 5) for k, v in final.items()}))

@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import json
 import logging
+import math
 import sys
 import time
 from pathlib import Path
@@ -24,9 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging as absl_logging
 
-from tipjax import build, cli, compat, models
+from tipjax import build, cli, compat, models, teacher_context
 from tipjax import step as step_lib
-from tipjax.train_config import validate
+from tipjax.train_config import teacher_source, validate
 
 log = logging.getLogger("tipjax.train")
 
@@ -97,16 +98,28 @@ def rollout_stop_ids(cfg, tokenizer, student_config) -> tuple[int, ...]:
     return compat.stop_ids(cfg.student.path, tokenizer, student_config.eos_token_id)
 
 
+def teacher_model_spec(cfg):
+    """The ModelSpec the teacher is built from: its own, or for "student_initial" the student's (the same path or
+    the same random init, so a resumed run recomputes the identical frozen copy); None for "student"."""
+    source = teacher_source(cfg)
+    return {"model": cfg.teacher, "student_initial": cfg.student, "student": None}[source]
+
+
 def setup(cfg, *, abstract: bool = False) -> Setup:
     mesh = build.mesh_for(cfg.mesh, jax.device_count())
     # Tokenizers and vocabularies first: a mismatch is an error before any weights load or compile.
     student_tok = compat.load_tokenizer(cfg.data.tokenizer or cfg.student.path)
-    compat.check_tokenizers(student_tok, compat.load_tokenizer(cfg.teacher.path))
-    s_cfg, t_cfg = build.model_config(cfg.student, "student"), build.model_config(cfg.teacher, "teacher")
+    t_spec = teacher_model_spec(cfg)
+    s_cfg = build.model_config(cfg.student, "student")
+    if t_spec is cfg.teacher:
+        compat.check_tokenizers(student_tok, compat.load_tokenizer(cfg.teacher.path))
+        t_cfg = build.model_config(cfg.teacher, "teacher")
+    else:
+        t_cfg = s_cfg
     vocab = compat.shared_vocab(s_cfg.vocab_size, t_cfg.vocab_size, student_tok, shapes_only=abstract)
     eos = rollout_stop_ids(cfg, student_tok, s_cfg)
     student = build.model(cfg.student, mesh, abstract=abstract, name="student")
-    teacher = build.model(cfg.teacher, mesh, abstract=abstract, name="teacher")
+    teacher = None if t_spec is None else build.model(t_spec, mesh, abstract=abstract, name="teacher")
 
     opt = build.Optimization(cfg.optim, cfg.total_steps, student, mesh)
     sampling_shardings = None
@@ -115,10 +128,14 @@ def setup(cfg, *, abstract: bool = False) -> Setup:
     settings = step_lib.StepSettings(rollout=cfg.rollout, selection=cfg.selection, eos_ids=eos, vocab=vocab,
                                      micro_batches=cfg.micro_batches, sampling_shardings=sampling_shardings,
                                      param_shardings=opt.state_shardings.params,
-                                     split_sharding=build.split_sharding(mesh))
+                                     split_sharding=build.split_sharding(mesh),
+                                     teacher_source=teacher_source(cfg), total_steps=cfg.total_steps)
     batch = models.batch_sharding(mesh)
+    # With teacher-only context the step also takes the teacher's prompt ids and mask (its own width).
+    prompts = (batch,) * (4 if teacher_context.from_spec(cfg.data) else 2)
+    teacher_shardings = None if teacher is None else models.model_shardings(teacher, mesh)
     step_fn = jax.jit(step_lib.build_step(settings, opt.optimizer, opt.schedule),
-                      in_shardings=(opt.state_shardings, models.model_shardings(teacher, mesh), batch, batch),
+                      in_shardings=(opt.state_shardings, teacher_shardings, *prompts),
                       out_shardings=(opt.state_shardings, None), donate_argnums=(0,))
     rollout_fn = jax.jit(step_lib.build_rollout(settings), in_shardings=(opt.state_shardings, batch, batch))
     return Setup(mesh, student, teacher, student_tok, step_fn, rollout_fn, opt, batch, eos)
@@ -132,13 +149,19 @@ def dry_run(cfg) -> dict:
     abstract_state = s.abstract_state()
     prompts = jax.ShapeDtypeStruct((cfg.prompts_per_step, cfg.data.max_prompt_length), jnp.int32,
                                    sharding=s.batch_sharding)
+    args = [prompts, prompts]
+    context = teacher_context.from_spec(cfg.data)
+    if context is not None:
+        args += [jax.ShapeDtypeStruct((cfg.prompts_per_step, context.max_prompt_length), jnp.int32,
+                                      sharding=s.batch_sharding)] * 2
     t0 = time.perf_counter()
-    compiled = s.step_fn.lower(abstract_state, s.teacher, prompts, prompts).compile()
+    compiled = s.step_fn.lower(abstract_state, s.teacher, *args).compile()
     mem = compiled.memory_analysis()
     gib = 2.0**30
     report = {
         "devices": int(s.mesh.devices.size), "mesh": dict(s.mesh.shape),
-        "student_params": models.param_count(s.student), "teacher_params": models.param_count(s.teacher),
+        "student_params": models.param_count(s.student),
+        "teacher_params": 0 if s.teacher is None else models.param_count(s.teacher),
         "compile_s": round(time.perf_counter() - t0, 1),
         "per_device_gib": {
             "arguments": mem.argument_size_in_bytes / gib, "outputs": mem.output_size_in_bytes / gib,
@@ -148,10 +171,24 @@ def dry_run(cfg) -> dict:
         "shardings": {
             "student.embed": str(s.student.embed.sharding.spec), "student.blocks.wq": str(s.student.blocks.wq.sharding.spec),
             "student.blocks.w_down": str(s.student.blocks.w_down.sharding.spec),
-            "teacher.embed": str(s.teacher.embed.sharding.spec), "prompts": str(s.batch_sharding.spec)},
+            "teacher.embed": str((s.teacher or s.student).embed.sharding.spec), "prompts": str(s.batch_sharding.spec)},
     }
+    if teacher_source(cfg) != "model":
+        report["self_distillation"] = self_distillation_memory(cfg, s)
     print(json.dumps(report, indent=2))
     return report
+
+
+def self_distillation_memory(cfg, s: Setup) -> dict:
+    """What self-distillation saves per device against a separate teacher of the student's size (stored with the
+    teacher.* dtype and sharded like a teacher): all of it for "student", nothing for "student_initial" (a frozen
+    copy is a teacher's worth of weights)."""
+    spec = dataclasses.replace(cfg.student, param_dtype=cfg.teacher.param_dtype)
+    separate = build.model(spec, s.mesh, abstract=True, name="teacher")
+    per_device = sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(separate))
+    saved = per_device if teacher_source(cfg) == "student" else 0
+    return {"teacher.source": teacher_source(cfg), "separate_teacher_gib_per_device": per_device / 2.0**30,
+            "saved_gib_per_device": saved / 2.0**30}
 
 
 # --- the training loop -----------------------------------------------------------------------------------
@@ -164,7 +201,17 @@ def run_identity(cfg) -> dict:
     return {"student": model(cfg.student), "teacher": model(cfg.teacher), "data.source": cfg.data.source,
             "selection.rule": cfg.selection.rule, "selection.ratio": cfg.selection.ratio,
             "selection.divergence": cfg.selection.divergence, "prompts_per_step": cfg.prompts_per_step,
-            "rollout.samples_per_prompt": cfg.rollout.samples_per_prompt}
+            "rollout.samples_per_prompt": cfg.rollout.samples_per_prompt, **_context_identity(cfg)}
+
+
+def _context_identity(cfg) -> dict:
+    """Self-distillation and teacher-only context are part of a run's identity; absent at their defaults, so the
+    workdirs of runs without them keep resuming."""
+    out = {} if teacher_source(cfg) == "model" else {"teacher.source": teacher_source(cfg)}
+    context = teacher_context.from_spec(cfg.data)
+    if context is not None:
+        out["data.teacher_context"] = dataclasses.asdict(context)
+    return out
 
 
 def logprob_gap_limit(compute_dtype: str) -> float:
@@ -180,6 +227,9 @@ def train(cfg, workdir: str | Path, *, max_steps: int = 0, resume_step: int | No
     validate(cfg, prepared=True)
     workdir = Path(workdir)
     loop.check_identity(workdir, run_identity(cfg), resume=cfg.resume)
+    context = teacher_context.from_spec(cfg.data)
+    if context is not None:  # a row without a template field is an error before any model loads
+        teacher_context.check_rows(cfg.data.source, context)
     s = setup(cfg)
     primary = jax.process_index() == 0
     local_prompts = cfg.prompts_per_step // jax.process_count()
@@ -200,7 +250,12 @@ def train(cfg, workdir: str | Path, *, max_steps: int = 0, resume_step: int | No
             loop.RUN_FILE: json.dumps({"student_path": cfg.student.path, "identity": run_identity(cfg)})})
     del s.student  # the state owns the student's parameters from here on
 
-    logbook = metrics_log.MetricsLog(workdir, enabled=primary, resume_step=restored or 0)
+    sinks = []
+    if cfg.log.wandb_project and primary:
+        from tipjax import wandb_log  # imports wandb: only when asked for
+
+        sinks.append(wandb_log.WandbSink(cfg.log, workdir, config=dataclasses.asdict(cfg)))
+    logbook = metrics_log.MetricsLog(workdir, enabled=primary, resume_step=restored or 0, sinks=sinks)
     if cfg.eval.at_start and restored is None:  # the untrained student, as step 0 of metrics.jsonl
         logbook.write(0, periodic_eval(cfg, state.params, s))
     start = int(state.step)
@@ -209,7 +264,7 @@ def train(cfg, workdir: str | Path, *, max_steps: int = 0, resume_step: int | No
 
     def device_batch(batch):
         return tuple(jax.make_array_from_process_local_data(s.batch_sharding, batch[k])
-                     for k in ("prompt_ids", "prompt_mask"))
+                     for k in prompt_source.STEP_KEYS if k in batch)
 
     def step_fn(state, batch):
         return s.step_fn(state, s.teacher, *device_batch(batch))
@@ -217,7 +272,7 @@ def train(cfg, workdir: str | Path, *, max_steps: int = 0, resume_step: int | No
     def time_rollout(step, state, batch):
         if not cfg.timing_every or step % cfg.timing_every:
             return {}
-        ids, mask = device_batch(batch)  # the rollout alone, on the same prompts and rng as the step
+        ids, mask = device_batch(batch)[:2]  # the rollout alone, on the same prompts and rng as the step
         if not rollout_compiled:
             jax.block_until_ready(s.rollout_fn(state, ids, mask))
             rollout_compiled.append(True)
@@ -249,7 +304,11 @@ def train(cfg, workdir: str | Path, *, max_steps: int = 0, resume_step: int | No
         checkpoints.close()
         logbook.close()
     if cfg.eval.at_start and end == cfg.total_steps and primary:
-        eval_report(workdir)
+        report = eval_report(workdir)
+        for sink in sinks:
+            sink.eval_report(report)
+    for sink in sinks:
+        sink.close()
     return last
 
 
@@ -312,17 +371,35 @@ def periodic_eval(cfg, student, s: Setup) -> dict:
     return out
 
 
+def check_batch_split(cfg, n_devices: int, n_processes: int = 1) -> None:
+    """prompts_per_step must split evenly over the processes and over the mesh's batch axes (data x fsdp)."""
+    from tipjax.config import ConfigError
+
+    m = cfg.mesh
+    split = (m.data if m.data > 0 else max(n_devices // (m.fsdp * m.tensor), 1)) * m.fsdp
+    if cfg.prompts_per_step % split or cfg.prompts_per_step % n_processes:
+        raise ConfigError(f"prompts_per_step={cfg.prompts_per_step} must be a multiple of the {split} mesh devices "
+                          f"the batch is split over (mesh.data x mesh.fsdp on {n_devices} devices, "
+                          f"{n_processes} process(es)); set prompts_per_step or mesh.data")
+
+
 def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save step at INFO
     spec, overrides, args = parse_args(sys.argv[1:] if argv is None else argv)
     cfg = load_train_config(spec, overrides)  # no JAX backend is touched yet: device flags can still change
     validate(cfg, dry_run=args.dry_run)
+    if not args.dry_run and not cfg.prepare and cfg.data.source != "synthetic":
+        from tipjax import data
+
+        for _ in data.read_rows(cfg.data.source):  # every row parses (file:line errors) before models load
+            pass
     devices = args.devices or (build.devices_needed(cfg.mesh) if args.dry_run else 0)
     if devices > 1:  # a dry run on a CPU fakes the devices its mesh needs
         jax.config.update("jax_num_cpu_devices", devices)
     if args.multihost:
         jax.distributed.initialize()
+    check_batch_split(cfg, jax.device_count(), jax.process_count())
     if jax.process_index() == 0:
         from tipjax.train_config import describe
 

@@ -50,6 +50,30 @@ class ModelSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class TeacherSpec(ModelSpec):
+    """The teacher: a separate model (the ModelSpec fields), or the student itself (self-distillation)."""
+
+    source: str = "model"            # model | student (current weights, no extra memory) | student_initial (step 0)
+
+
+TEACHER_SOURCES = ("model", "student", "student_initial")
+
+
+def teacher_source(cfg) -> str:
+    """teacher.source; a plain ModelSpec in the teacher's place is a separate model."""
+    return getattr(cfg.teacher, "source", "model")
+
+
+@dataclasses.dataclass(frozen=True)
+class ScheduleSpec:
+    """A knob's value over training: from its base value (the key beside this one) to `end` over `steps`."""
+
+    kind: str = "constant"           # constant | linear | cosine
+    end: float = 0.0                 # the value after `steps` steps (unused when constant)
+    steps: int = 0                   # 0: total_steps
+
+
+@dataclasses.dataclass(frozen=True)
 class DataSpec:
     source: str = "synthetic"        # "synthetic" (random prompt ids, CPU demos) or a .jsonl/.parquet prompt file
     tokenizer: str | None = None     # HF folder with the tokenizer; default the student's path
@@ -62,6 +86,12 @@ class DataSpec:
     seed: int = 42
     synthetic_min_len: int = 4       # synthetic prompts: lengths uniform in [min, max]
     synthetic_max_len: int = 16
+    # Teacher-only context (privileged information): what only the teacher sees before the shared response.
+    teacher_system_prompt: str = ""  # a system message the student does not get
+    teacher_template: str = ""       # replaces the problem text, e.g. "{problem}\n\nA solution:\n{solution}"
+    teacher_prefix: str = ""         # text before the teacher's user message ...
+    teacher_suffix: str = ""         # ... and after it
+    teacher_max_prompt_length: int = 0  # the teacher prompt's own bucket (0: data.max_prompt_length)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +111,8 @@ class SelectionSpec:
     ratio: float = 1.0
     divergence: str = "rkl"          # rkl | fkl | jsd
     beta: float = 0.5                # jsd mixture weight
+    ratio_schedule: ScheduleSpec = ScheduleSpec()  # ratio over training (start: selection.ratio)
+    beta_schedule: ScheduleSpec = ScheduleSpec()   # beta over training (start: selection.beta)
     chunk_size: int = 512
     options: dict = dataclasses.field(default_factory=dict)  # selection.SelectionOptions fields
 
@@ -88,6 +120,7 @@ class SelectionSpec:
 @dataclasses.dataclass(frozen=True)
 class OptimSpec:
     learning_rate: float = 1e-6
+    schedule: str = "cosine"         # after warmup: cosine | linear | constant (to end_lr_factor * lr)
     warmup_steps: int = 0
     decay_steps: int = 0             # cosine decay length; 0 means total_steps
     end_lr_factor: float = 0.0
@@ -128,9 +161,19 @@ class EvalSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class LogSpec:
+    """Optional metric sinks beside metrics.jsonl and TensorBoard."""
+
+    wandb_project: str = ""          # "" : no W&B (wandb is never imported); needs `pip install -e ".[wandb]"`
+    wandb_entity: str = ""
+    wandb_name: str = ""             # run name (default: the workdir's name)
+    wandb_mode: str = "online"       # online | offline (files under WORKDIR/wandb, `wandb sync` later)
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
     student: ModelSpec
-    teacher: ModelSpec
+    teacher: TeacherSpec
     data: DataSpec = DataSpec()
     rollout: RolloutSpec = RolloutSpec()
     selection: SelectionSpec = SelectionSpec()
@@ -138,6 +181,7 @@ class TrainConfig:
     mesh: MeshSpec = MeshSpec()
     checkpoint: CheckpointSpec = CheckpointSpec()
     eval: EvalSpec = EvalSpec()
+    log: LogSpec = LogSpec()
     prompts_per_step: int = 8
     total_steps: int = 1000
     micro_batches: int = 1           # lax.scan over micro-batches with gradient accumulation
@@ -279,6 +323,24 @@ def _check_model(name: str, spec: ModelSpec, *, files: bool = True) -> None:
     _check(spec.remat in _REMATS, f"{name}.remat", spec.remat, f"must be one of {_REMATS}")
 
 
+def _vocab_size(spec: ModelSpec, *, files: bool) -> int | None:
+    """The embedding rows of a model spec, read without loading it (arch dict, preset, config.json); None if unknown."""
+    import json
+
+    hf = spec.arch
+    if hf is None and spec.path is not None and files:
+        try:
+            hf = json.loads((Path(spec.path) / "config.json").read_text())
+        except (OSError, ValueError):
+            return None  # the model loader names the folder's problem
+    if hf is None and spec.preset is not None:
+        from tipjax import models
+
+        return models.PRESETS[spec.preset].vocab_size if spec.preset in models.PRESETS else None
+    hf = (hf or {}).get("text_config", hf or {})
+    return hf.get("vocab_size") if isinstance(hf.get("vocab_size"), int) else None
+
+
 def validate(cfg: TrainConfig, *, dry_run: bool = False, prepared: bool = False) -> None:
     """Raises ConfigError (or FileNotFoundError for paths) naming the first bad key; no model is touched.
 
@@ -290,7 +352,7 @@ def validate(cfg: TrainConfig, *, dry_run: bool = False, prepared: bool = False)
 
     _check(cfg.prepare == "" or cfg.prepare.count(":") == 1, "prepare", cfg.prepare, "must be 'module:function'")
     files = prepared or not cfg.prepare
-    for name in ("student", "teacher"):
+    for name in ("student", "teacher") if teacher_source(cfg) == "model" else ("student",):
         _check_model(name, getattr(cfg, name), files=files)
 
     d = cfg.data
@@ -310,6 +372,10 @@ def validate(cfg: TrainConfig, *, dry_run: bool = False, prepared: bool = False)
     _sampling_checks("rollout", r.temperature, r.top_p, r.max_new_tokens)
     _check(r.top_k >= 0, "rollout.top_k", r.top_k, "must be >= 0 (0 disables it)")
     _check(all(e >= 0 for e in r.eos_token_id), "rollout.eos_token_id", r.eos_token_id, "must be token ids >= 0")
+    vocab = _vocab_size(cfg.student, files=files)
+    if vocab is not None:
+        _check(all(e < vocab for e in r.eos_token_id), "rollout.eos_token_id", r.eos_token_id,
+               f"must be token ids inside the student's vocabulary [0, {vocab})")
     _check(cfg.prompts_per_step >= 1, "prompts_per_step", cfg.prompts_per_step, "must be >= 1")
     n_rows = cfg.prompts_per_step * r.samples_per_prompt
     _check(r.groups >= 1 and n_rows % r.groups == 0, "rollout.groups", r.groups,
@@ -359,6 +425,48 @@ def validate(cfg: TrainConfig, *, dry_run: bool = False, prepared: bool = False)
     _check(cfg.total_steps >= 1, "total_steps", cfg.total_steps, "must be >= 1")
     _check(cfg.log_every >= 1, "log_every", cfg.log_every, "must be >= 1")
     _check(cfg.timing_every >= 0, "timing_every", cfg.timing_every, "must be >= 0 (0: off)")
+    _check_self_distillation_context_schedules_log(cfg)
+
+
+def _check_self_distillation_context_schedules_log(cfg: TrainConfig) -> None:
+    """The keys of teacher.source, data.teacher_*, the schedules and log.*: one line naming the key."""
+    import importlib.util
+    import sys
+
+    from tipjax import schedule, teacher_context
+    from tipjax.config import ConfigError
+
+    source = teacher_source(cfg)
+    _check(source in TEACHER_SOURCES, "teacher.source", source, f"must be one of {TEACHER_SOURCES}")
+    t = cfg.teacher
+    if source != "model" and (t.path is not None or t.preset is not None or t.arch is not None):
+        raise ConfigError(f"teacher.source={source!r} uses the student's weights; unset teacher.path, "
+                          f"teacher.preset and teacher.arch")
+    d = cfg.data
+    _check(d.teacher_max_prompt_length >= 0, "data.teacher_max_prompt_length", d.teacher_max_prompt_length,
+           "must be >= 0 (0: data.max_prompt_length)")
+    context = teacher_context.from_spec(d)
+    if context is not None and d.source == "synthetic":
+        raise ConfigError("data.teacher_*: teacher-only context needs a prompt file (data.source), not synthetic ids")
+    if d.teacher_template:
+        try:
+            teacher_context.template_fields(d.teacher_template)
+        except teacher_context.ContextError as err:
+            raise ConfigError(str(err)) from None
+    s = cfg.selection
+    for complaint in (schedule.check(s.ratio_schedule, "selection.ratio_schedule", 0.0, 1.0, open_low=True),
+                      schedule.check(s.beta_schedule, "selection.beta_schedule", 0.0, 1.0, open_low=False)):
+        if complaint:
+            raise ConfigError(complaint)
+    _check(cfg.optim.schedule in schedule.KINDS, "optim.schedule", cfg.optim.schedule,
+           f"must be one of {schedule.KINDS}")
+    log = cfg.log
+    _check(log.wandb_mode in ("online", "offline"), "log.wandb_mode", log.wandb_mode, "must be online or offline")
+    installed = sys.modules.get("wandb") is not None or (
+        "wandb" not in sys.modules and importlib.util.find_spec("wandb") is not None)
+    if log.wandb_project and not installed:
+        raise ConfigError(f"log.wandb_project={log.wandb_project!r}: wandb is not installed; "
+                          f"pip install -e \".[wandb]\"")
 
 
 def _check_eval(e: EvalSpec, *, files: bool) -> None:

@@ -1,0 +1,78 @@
+"""Ctrl-C (SIGINT) during a checkpoint save, asynchronous and synchronous: the run stops with one line and exit
+130, and the rerun ends with exactly one metrics.jsonl row per step and the weights of an uninterrupted run."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from tipjax import export
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = 12
+ARGS = ["--config=configs/tiny.py:soft_or50", f"--config.total_steps={STEPS}", "--config.checkpoint.every=2",
+        "--config.checkpoint.keep=2", "--config.mesh.data=1", "--config.timing_every=0"]
+
+
+def _command(workdir, async_save):
+    return [sys.executable, "-m", "tipjax.train", *ARGS, f"--config.checkpoint.async_save={async_save}",
+            f"--workdir={workdir}"]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """The subprocesses share a persistent compilation cache: the step compiles once, not in every run."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT),
+           "JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("jax_cache")),
+           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1"}
+    env.pop("TIPJAX_DEBUG", None)
+    return env
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, env):
+    workdir = tmp_path_factory.mktemp("straight") / "run"
+    subprocess.run(_command(workdir, True), cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
+    return export.load_student(workdir)
+
+
+def _saving(checkpoints: Path) -> bool:
+    """Whether a save is under way: orbax writes a step into a temporary folder and renames it when complete."""
+    try:
+        return any("tmp" in entry.name for entry in os.scandir(checkpoints))
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize("async_save", [True, False], ids=["async", "sync"])
+def test_ctrl_c_during_a_save_then_resume(straight, env, tmp_path, async_save):
+    workdir = tmp_path / "run"
+    proc = subprocess.Popen(_command(workdir, async_save), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    # The first save after step 2 (compilation is over by then): wait for step 4's temporary folder.
+    while proc.poll() is None and time.time() < deadline:
+        if (workdir / "checkpoints" / "2").is_dir() and _saving(workdir / "checkpoints"):
+            break
+        time.sleep(0.001)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert stderr.strip().splitlines()[-1] == "error: interrupted (Ctrl-C)" and "Traceback" not in stderr
+    done = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    assert done and done[-1] < STEPS, f"the run was not interrupted (checkpoints {done})"
+
+    rerun = subprocess.run(_command(workdir, async_save), cwd=ROOT, env=env, capture_output=True, text=True,
+                           timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
+    for x, y in zip(jax.tree.leaves(straight), jax.tree.leaves(export.load_student(workdir)), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
