@@ -1,4 +1,4 @@
-"""Per-step metrics to a JSONL file, TensorBoard event files and the console progress bar.
+"""Per-step metrics to a JSONL file, TensorBoard event files, the console progress bar and optional sinks (W&B).
 
 metrics.jsonl holds exactly one row per step, also across kills and resumes:
 - `MetricsLog(workdir, resume_step=N)` (N = the step the run restored, 0 for a fresh start) drops the rows
@@ -29,8 +29,10 @@ log = logging.getLogger(__name__)
 
 
 class MetricsLog:
-    def __init__(self, workdir: str | Path, *, enabled: bool = True, resume_step: int | None = None):
+    def __init__(self, workdir: str | Path, *, enabled: bool = True, resume_step: int | None = None,
+                 sinks: tuple = ()):
         self.enabled = enabled
+        self.sinks = tuple(sinks)  # objects with log(step, row): every row written also goes to them
         self.path = Path(workdir) / "metrics.jsonl"
         self.tb = None
         self._lines: list[tuple[int, str]] = []  # (step, JSON text) of every row in the file, in order
@@ -70,6 +72,8 @@ class MetricsLog:
         for key, value in row.items():
             if math.isfinite(value):
                 self.tb.add_scalar(key, value, step)
+        for sink in self.sinks:
+            sink.log(step, row)
         return row
 
     def close(self) -> None:

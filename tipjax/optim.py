@@ -29,12 +29,20 @@ class TrainState:
 
 
 def learning_rate_schedule(spec: OptimSpec, total_steps: int) -> optax.Schedule:
-    """Linear warmup then cosine decay to end_lr_factor * learning_rate (the paper: cosine)."""
-    decay = spec.decay_steps or total_steps
-    return optax.warmup_cosine_decay_schedule(
-        init_value=0.0 if spec.warmup_steps else spec.learning_rate, peak_value=spec.learning_rate,
-        warmup_steps=spec.warmup_steps, decay_steps=max(decay, spec.warmup_steps + 1),
-        end_value=spec.learning_rate * spec.end_lr_factor)
+    """Linear warmup, then optim.schedule from learning_rate to end_lr_factor * learning_rate by step decay_steps
+    (0: total_steps; counted from 0, warmup included): cosine (the paper), linear, or constant (no decay)."""
+    decay = max(spec.decay_steps or total_steps, spec.warmup_steps + 1)
+    kind = spec.schedule
+    if kind == "cosine":
+        return optax.warmup_cosine_decay_schedule(
+            init_value=0.0 if spec.warmup_steps else spec.learning_rate, peak_value=spec.learning_rate,
+            warmup_steps=spec.warmup_steps, decay_steps=decay, end_value=spec.learning_rate * spec.end_lr_factor)
+    end = spec.learning_rate * (spec.end_lr_factor if kind == "linear" else 1.0)
+    after = optax.linear_schedule(spec.learning_rate, end, decay - spec.warmup_steps)
+    if not spec.warmup_steps:
+        return after
+    warmup = optax.linear_schedule(0.0, spec.learning_rate, spec.warmup_steps)
+    return optax.join_schedules([warmup, after], [spec.warmup_steps])
 
 
 def build_optimizer(spec: OptimSpec, total_steps: int) -> optax.GradientTransformation:

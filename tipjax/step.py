@@ -1,9 +1,10 @@
 """One OPD training step as a single pure function: rollout -> teacher -> student -> TIP loss -> update.
 
-`build_step` returns `step(state, teacher, prompt_ids, prompt_mask) -> (state, metrics)`; the trainer jits it
-once with explicit shardings and donates the state, so rollout, teacher scoring and the update are one
-compiled program with no host round trip. Shapes: P prompts, n samples each, B = P * n rows, Tp prompt
-columns (a fixed bucket), N = max_new_tokens, S = Tp + N, D model width, V the shared vocabulary.
+`build_step` returns `step(state, teacher, prompt_ids, prompt_mask[, teacher_prompt_ids, teacher_prompt_mask])
+-> (state, metrics)`; the trainer jits it once with explicit shardings and donates the state, so rollout,
+teacher scoring and the update are one compiled program with no host round trip. Shapes: P prompts, n samples
+each, B = P * n rows, Tp prompt columns (a fixed bucket), N = max_new_tokens, S = Tp + N, D model width, V the
+shared vocabulary, Tt the teacher-only prompt's own bucket (tipjax.teacher_context).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from tipjax import models, optim, rows, sampling, selection
+from tipjax import models, optim, rows, sampling, schedule, selection
 from tipjax.train_config import RolloutSpec, SelectionSpec
 
 
@@ -31,12 +32,40 @@ class StepSettings:
     sampling_shardings: Any = None  # student params resharded for decoding (SAMPLING_RULES), or None
     param_shardings: Any = None     # the storage shardings, pinned on the fp32 gradient accumulators
     split_sharding: Any = None      # [parts, rows, ...] arrays: rows over (data, fsdp)
+    teacher_source: str = "model"   # "student": the teacher is the current student (the step's teacher arg is unused)
+    total_steps: int = 0            # the length of ratio / beta schedules that give no steps of their own
 
 
 def response_hidden(model, tokens, seq_mask, prompt_len):
     """Hidden states that predict the response tokens: columns Tp-1 .. S-2 of [B, S] -> [B, N, D]."""
     hidden = model.hidden(tokens, positions=models.positions_from_mask(seq_mask), attention_mask=seq_mask)
     return hidden[:, prompt_len - 1:-1]
+
+
+def teacher_sequences(teacher_prompt_ids, teacher_prompt_mask, resp_tokens, resp_mask, n):
+    """The teacher's own prompt [P, Tt] (repeated n times per prompt, as the rollout rows are) followed by the
+    sampled responses [B, N]: tokens and mask [B, Tt + N], whose columns Tt-1 .. Tt+N-2 predict the response
+    exactly as the student's columns Tp-1 .. S-2 do (response_hidden with prompt_len Tt)."""
+    prompt_ids, prompt_mask = (jnp.repeat(x, n, axis=0) for x in (teacher_prompt_ids, teacher_prompt_mask))
+    return (jnp.concatenate([prompt_ids, resp_tokens.astype(prompt_ids.dtype)], axis=1),
+            jnp.concatenate([prompt_mask, resp_mask.astype(prompt_mask.dtype)], axis=1))
+
+
+def knobs(settings: StepSettings, step, n_new: int) -> dict:
+    """The step's retention ratio, its static capacity and the divergence's beta at update `step`: Python floats
+    for constant schedules (the program without schedules), traced values otherwise (tipjax.schedule)."""
+    sel = settings.selection
+    options = selection.SelectionOptions(**sel.options)
+    return dict(ratio=schedule.value(sel.ratio_schedule, sel.ratio, settings.total_steps, step),
+                capacity=schedule.ratio_capacity(sel.ratio_schedule, sel.ratio, sel.rule, n_new, options),
+                beta=schedule.value(sel.beta_schedule, sel.beta, settings.total_steps, step))
+
+
+def _keeps_all(settings: StepSettings, n_new: int) -> bool:
+    """Static: whether every response token is kept (a scheduled ratio keeps all only under rule "all")."""
+    sel = settings.selection
+    scheduled = sel.ratio_schedule.kind != "constant"
+    return sel.rule == "all" or (not scheduled and selection.keeps_all(sel.rule, sel.ratio, None, n_new))
 
 
 def _rollout(settings: StepSettings, params, prompt_ids, prompt_mask, rng) -> sampling.SampleOutput:
@@ -84,7 +113,7 @@ def two_phase(settings: StepSettings, n_new: int) -> bool:
     sel = settings.selection
     options = selection.SelectionOptions(**sel.options)
     return (settings.micro_batches > 1 and options.norm_scope != "micro_batch"
-            and not selection.keeps_all(sel.rule, sel.ratio, None, n_new))
+            and not _keeps_all(settings, n_new))
 
 
 def _nonfinite(hidden, mask):
@@ -104,25 +133,28 @@ def build_step(settings: StepSettings, optimizer: optax.GradientTransformation,
     roll, sel = settings.rollout, settings.selection
     options = selection.SelectionOptions(**sel.options)
     token_mean = options.aggregation == "token_mean"
-    loss_args = dict(divergence=sel.divergence, beta=sel.beta, chunk_size=sel.chunk_size)
     m = settings.micro_batches
 
-    def forward(model, part):
-        """Response hidden states of one micro-batch [b, N, D]."""
-        prompt_len = part["tokens"].shape[1] - part["resp_mask"].shape[1]
-        return response_hidden(model, part["tokens"], part["seq_mask"], prompt_len)
+    def forward(model, part, prefix=""):
+        """Response hidden states of one micro-batch [b, N, D]; prefix "teacher_" reads the teacher-only prompt's
+        sequences when the batch has them (else the teacher sees the student's)."""
+        tokens = part.get(prefix + "tokens", part["tokens"])
+        seq_mask = part.get(prefix + "seq_mask", part["seq_mask"])
+        prompt_len = tokens.shape[1] - part["resp_mask"].shape[1]
+        return response_hidden(model, tokens, seq_mask, prompt_len)
 
-    def micro_loss(params, teacher, teacher_head, part, key):
+    def micro_loss(params, teacher, teacher_head, part, key, knob):
         """Select and score in one pass: the TIP loss of one micro-batch, weighted for accumulation."""
         with jax.named_scope("teacher"):
-            teacher_hidden = jax.lax.stop_gradient(forward(teacher, part))
+            teacher_hidden = jax.lax.stop_gradient(forward(teacher, part, "teacher_"))
         with jax.named_scope("student"):
             student_hidden = forward(params, part)
         with jax.named_scope("selection"):
             loss, metrics, token_stats = selection.distill_loss(
                 student_hidden, params.head()[:, :settings.vocab], teacher_hidden, teacher_head, part["resp_mask"],
-                rule=sel.rule, ratio=sel.ratio, rng=key, options=options, tokens=part["resp_tokens"],
-                return_token_stats=True, **loss_args)
+                rule=sel.rule, ratio=knob["ratio"], rng=key, options=options, tokens=part["resp_tokens"],
+                return_token_stats=True, capacity=knob["capacity"], divergence=sel.divergence, beta=knob["beta"],
+                chunk_size=sel.chunk_size)
         metrics.update(n_teacher_nonfinite=_nonfinite(teacher_hidden, part["resp_mask"]),
                        n_student_nonfinite=_nonfinite(student_hidden, part["resp_mask"]))
         # Micro-batch losses are summed with these weights, so the step's loss is the mean over the whole
@@ -130,9 +162,9 @@ def build_step(settings: StepSettings, optimizer: optax.GradientTransformation,
         weight = metrics["n_kept"] if token_mean else jnp.asarray(part["resp_mask"].shape[0], jnp.float32)
         return loss * weight, ((metrics, token_stats), weight)
 
-    def one_pass(params, teacher, teacher_head, batch, key):
+    def one_pass(params, teacher, teacher_head, batch, key, knob):
         def loss_fn(p, part, part_key):
-            return micro_loss(p, teacher, teacher_head, part, part_key)
+            return micro_loss(p, teacher, teacher_head, part, part_key, knob)
 
         # One micro-batch draws with `key` itself, as the whole-batch plan of the two-pass step does.
         keys = key[None] if m == 1 else jax.random.split(key, m)
@@ -140,20 +172,21 @@ def build_step(settings: StepSettings, optimizer: optax.GradientTransformation,
             loss_fn, params, batch, m, part_args=keys, split_sharding=settings.split_sharding,
             param_shardings=settings.param_shardings)
         token_stats = {k: rows.merge(v) for k, v in mb_stats.items()}
-        if m > 1 and selection.keeps_all(sel.rule, sel.ratio, None, batch["resp_mask"].shape[1]):
+        if m > 1 and _keeps_all(settings, batch["resp_mask"].shape[1]):
             # Every token kept: the whole batch's metrics (quadrant medians included) from the merged statistics.
-            metrics = selection.plan(sel.rule, token_stats, batch["resp_mask"], sel.ratio, key, options=options).metrics
+            metrics = selection.plan(sel.rule, token_stats, batch["resp_mask"], knob["ratio"], key, options=options,
+                                     capacity=knob["capacity"]).metrics
             metrics.update({k: jnp.sum(mb_metrics[k]) for k in ("n_teacher_nonfinite", "n_student_nonfinite")})
         else:
             # Counts add up over micro-batches; shares and means are averaged (exact for one micro-batch).
             metrics = {k: jnp.sum(v) if k.startswith("n_") else jnp.mean(v) for k, v in mb_metrics.items()}
         return loss, grads, metrics, token_stats
 
-    def two_passes(params, teacher, teacher_head, batch, key):
+    def two_passes(params, teacher, teacher_head, batch, key, knob):
         student_head = params.head()[:, :settings.vocab]
 
         def stats_part(part):
-            teacher_hidden = forward(teacher, part)
+            teacher_hidden = forward(teacher, part, "teacher_")
             student_hidden = jax.lax.stop_gradient(forward(params, part))
             token_stats = selection.token_stats_from_hidden(
                 student_hidden, student_head, teacher_hidden, teacher_head, part["resp_mask"],
@@ -168,7 +201,8 @@ def build_step(settings: StepSettings, optimizer: optax.GradientTransformation,
             teacher_hidden = rows.merge(teacher_hidden)
             token_stats = {k: rows.merge(v) for k, v in mb_stats.items()}
         with jax.named_scope("selection"):
-            plan = selection.plan(sel.rule, token_stats, batch["resp_mask"], sel.ratio, key, options=options)
+            plan = selection.plan(sel.rule, token_stats, batch["resp_mask"], knob["ratio"], key, options=options,
+                                  capacity=knob["capacity"])
         planned = dict(tokens=batch["tokens"], seq_mask=batch["seq_mask"], resp_mask=batch["resp_mask"],
                        idx=plan.idx, scale=plan.scale, teacher=selection.gather(teacher_hidden, plan.idx))
 
@@ -176,7 +210,8 @@ def build_step(settings: StepSettings, optimizer: optax.GradientTransformation,
             with jax.named_scope("student"):
                 student_hidden = selection.gather(forward(p, part), part["idx"])
             loss = selection.planned_loss(student_hidden, p.head()[:, :settings.vocab], part["teacher"],
-                                          teacher_head, None, part["scale"], **loss_args)
+                                          teacher_head, None, part["scale"], divergence=sel.divergence,
+                                          beta=knob["beta"], chunk_size=sel.chunk_size)
             return loss, ({}, jnp.ones((), jnp.float32))
 
         # Gradient pass: plan.scale holds the whole batch's normaliser, so the micro-batch losses just add up.
@@ -186,10 +221,14 @@ def build_step(settings: StepSettings, optimizer: optax.GradientTransformation,
         metrics = dict(plan.metrics, n_teacher_nonfinite=jnp.sum(bad_teacher), n_student_nonfinite=jnp.sum(bad_student))
         return loss, grads, metrics, token_stats
 
-    def step(state: optim.TrainState, teacher, prompt_ids: jax.Array, prompt_mask: jax.Array):
+    def step(state: optim.TrainState, teacher, prompt_ids: jax.Array, prompt_mask: jax.Array,
+             teacher_prompt_ids: jax.Array | None = None, teacher_prompt_mask: jax.Array | None = None):
         rng, roll_key, select_key = jax.random.split(state.rng, 3)
         params = state.params
         prompt_len = prompt_ids.shape[1]
+        if settings.teacher_source == "student":
+            # Self-distillation: the current student is the teacher (its forward is under stop_gradient below).
+            teacher = params
 
         # 1. Rollout with the current student (resharded for decoding when a mesh asks for it).
         with jax.named_scope("rollout"):
@@ -197,11 +236,15 @@ def build_step(settings: StepSettings, optimizer: optax.GradientTransformation,
         resp_mask = out.response_mask[:, prompt_len:]
         seq_mask = jnp.concatenate([jnp.repeat(prompt_mask, roll.samples_per_prompt, axis=0), resp_mask], axis=1)
         batch = dict(tokens=out.tokens, seq_mask=seq_mask, resp_mask=resp_mask, resp_tokens=out.tokens[:, prompt_len:])
+        if teacher_prompt_ids is not None:  # teacher-only context: its own prompt before the same response
+            batch["teacher_tokens"], batch["teacher_seq_mask"] = teacher_sequences(
+                teacher_prompt_ids, teacher_prompt_mask, batch["resp_tokens"], resp_mask, roll.samples_per_prompt)
 
         # 2-4. Teacher scoring, selection and the student's TIP loss, micro-batch by micro-batch.
         teacher_head = jax.lax.stop_gradient(teacher.head()[:, :settings.vocab])
         passes = two_passes if two_phase(settings, resp_mask.shape[1]) else one_pass
-        loss, grads, metrics, token_stats = passes(params, teacher, teacher_head, batch, select_key)
+        knob = knobs(settings, state.step, resp_mask.shape[1])
+        loss, grads, metrics, token_stats = passes(params, teacher, teacher_head, batch, select_key, knob)
 
         # 5. Clip + AdamW; a non-finite loss or gradient skips the whole update (and is counted).
         with jax.named_scope("update"):
@@ -214,7 +257,9 @@ def build_step(settings: StepSettings, optimizer: optax.GradientTransformation,
         metrics.update(
             response_length_mean=jnp.mean(lengths), response_length_max=jnp.max(lengths),
             truncation_rate=jnp.mean(out.truncated.astype(jnp.float32)), response_tokens=jnp.sum(lengths),
-            logprob_gap_mean=gap_mean, logprob_gap_max=gap_max)
+            logprob_gap_mean=gap_mean, logprob_gap_max=gap_max,
+            selection_ratio=jnp.asarray(knob["ratio"], jnp.float32),
+            selection_beta=jnp.asarray(knob["beta"], jnp.float32))
         return new_state, metrics
 
     return step

@@ -53,7 +53,8 @@ def _scan(
     return chunks.scan_chunks(step, init, (student_hidden, teacher_hidden, scale, tokens), chunk_size)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8, 9))
+# beta is an ordinary (zero-cotangent) argument, not a static one, so a scheduled beta may be traced.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 8, 9))
 def fused_divergence(
     student_hidden, student_head, teacher_hidden, teacher_head, scale, tokens, divergence, beta, chunk_size, with_stats
 ):
@@ -61,7 +62,7 @@ def fused_divergence(
 
     Args:
       student_hidden [N, Ds], student_head [Ds, V], teacher_hidden [N, Dt], teacher_head [Dt, V]; scale [N]
-      fp32 loss weights; tokens None or [N] int (teacher_token_prob). divergence, beta (Python float),
+      fp32 loss weights; tokens None or [N] int (teacher_token_prob); beta [] (a float or traced). divergence,
       chunk_size and with_stats (return the statistics) are static.
 
     Returns:
@@ -85,10 +86,10 @@ def _forward(
     return (total, out), (dh, dw.astype(student_head.dtype))
 
 
-def _backward(divergence, beta, chunk_size, with_stats, residuals, cotangent):
+def _backward(divergence, chunk_size, with_stats, residuals, cotangent):
     dh, dw = residuals
     ct = cotangent[0]
-    return ((ct * dh).astype(dh.dtype), (ct * dw).astype(dw.dtype), None, None, None, None)
+    return ((ct * dh).astype(dh.dtype), (ct * dw).astype(dw.dtype), None, None, None, None, None)
 
 
 fused_divergence.defvjp(_forward, _backward)
