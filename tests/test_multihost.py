@@ -29,12 +29,13 @@ process, port, workdir = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 import jax
 jax.config.update("jax_num_cpu_devices", 4)
 jax.config.update("jax_cpu_collectives_implementation", "gloo")
-jax.distributed.initialize(coordinator_address=f"localhost:{port}", num_processes=2, process_id=process)
+from tipjax import cli, train
+# The real entry point: --multihost with explicit coordinates (as on a GPU cluster without SLURM).
+code = cli.run_main(train.main, ["--config=configs/tiny.py:soft_or50", *OVERRIDES, f"--workdir={workdir}",
+                                 "--max_steps=3", "--multihost", f"--coordinator_address=localhost:{port}",
+                                 "--num_processes=2", f"--process_id={process}"])
 assert jax.process_count() == 2 and jax.device_count() == 8 and jax.local_device_count() == 4
-from tipjax import config as tcfg, train, train_config
-cfg = tcfg.to_dataclass(tcfg.load_config("configs/tiny.py:soft_or50", OVERRIDES), train_config.TrainConfig)
-train.check_batch_split(cfg, jax.device_count(), jax.process_count())
-train.train(cfg, workdir, max_steps=3)
+sys.exit(code)
 """
 
 

@@ -5,8 +5,9 @@ student samples rollouts, the frozen teacher scores every response position, and
 on the positions the selection rule keeps. The driver below only moves prompts in and metrics out.
 
 Multi-host (TPU pod slice, multi-node GPU): start the same command on every host; `--multihost` calls
-`jax.distributed.initialize()` (automatic on TPU pods and SLURM/Open MPI clusters), each host loads only
-its own parameter shards and its slice of the prompts. See docs/training.md.
+`jax.distributed.initialize()` (automatic on TPU pods and SLURM/Open MPI clusters; elsewhere give
+`--coordinator_address=HOST:PORT --num_processes=N --process_id=I`), each host loads only its own parameter
+shards and its slice of the prompts. See docs/training.md.
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ def parse_args(argv):
     parser.add_argument("--devices", type=int, default=0,
                         help="with --dry_run on CPU: fake this many devices (the target device count)")
     parser.add_argument("--multihost", action="store_true", help="call jax.distributed.initialize() first")
+    parser.add_argument("--coordinator_address", help="with --multihost: host:port of process 0 (else detected: "
+                                                       "TPU pods, SLURM, Open MPI)")
+    parser.add_argument("--num_processes", type=int, help="with --multihost: the number of processes")
+    parser.add_argument("--process_id", type=int, help="with --multihost: this process's index")
     parser.add_argument("--max_steps", type=int, default=0, help="stop after this many steps in this process")
     parser.add_argument("--resume_step", type=int, default=None,
                         help="resume from this checkpoint step instead of the newest good one")
@@ -397,8 +402,12 @@ def main(argv=None) -> None:
     devices = args.devices or (build.devices_needed(cfg.mesh) if args.dry_run else 0)
     if devices > 1:  # a dry run on a CPU fakes the devices its mesh needs
         jax.config.update("jax_num_cpu_devices", devices)
+    explicit = dict(coordinator_address=args.coordinator_address, num_processes=args.num_processes,
+                    process_id=args.process_id)
+    if not args.multihost and any(v is not None for v in explicit.values()):
+        raise cli.UsageError("--coordinator_address, --num_processes and --process_id need --multihost")
     if args.multihost:
-        jax.distributed.initialize()
+        jax.distributed.initialize(**{k: v for k, v in explicit.items() if v is not None})
     check_batch_split(cfg, jax.device_count(), jax.process_count())
     if jax.process_index() == 0:
         from tipjax.train_config import describe
