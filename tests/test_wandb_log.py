@@ -1,5 +1,6 @@
-"""W&B as an optional sink, with a stand-in wandb module (wandb is not a dependency): the same rows as
-metrics.jsonl, the config, eval tables, offline mode, one run across resumes; never imported unless asked."""
+"""W&B as an optional sink: with a stand-in wandb module, the same rows as metrics.jsonl, the config, eval tables,
+offline mode, one run across resumes, never imported unless asked; with the real wandb (in the test extra, not a
+dependency), an offline run writes its files with those rows."""
 
 import dataclasses
 import sys
@@ -86,3 +87,22 @@ def test_wandb_is_not_imported_unless_asked(tmp_path, monkeypatch):
         train.validate(_tiny("--config.log.wandb_project=opd"))
     with pytest.raises(tcfg.ConfigError, match="log.wandb_mode"):
         train.validate(_tiny("--config.log.wandb_mode=cloud"))
+
+
+def test_real_wandb_offline_run_writes_the_metrics_rows(tmp_path):
+    """The real wandb (the test extra installs it), offline: WORKDIR/wandb holds the run's file, and it carries
+    every step's loss and gradient norm exactly as metrics.jsonl has them (W&B stores each value as JSON text)."""
+    import json
+
+    import wandb  # noqa: F401  (the real package, not a stand-in)
+
+    workdir = tmp_path / "run"
+    train.train(_tiny("--config.total_steps=2", "--config.log.wandb_project=tipjax-test",
+                      "--config.log.wandb_mode=offline"), str(workdir))
+    [run_file] = list((workdir / "wandb").glob("offline-run-*/run-*.wandb"))
+    data = run_file.read_bytes()
+    rows = read_metrics(workdir)
+    assert [r["step"] for r in rows] == [1, 2] and b"tipjax-test" in data
+    for row in rows:
+        for key in ("loss", "grad_norm", "kept_fraction"):
+            assert key.encode() in data and json.dumps(row[key]).encode() in data, (row["step"], key)
