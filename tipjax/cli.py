@@ -7,7 +7,7 @@ A user's mistake (a flag, a config key, a path, a prompt line, a checkpoint) pri
 
 on stderr and exits 2 for usage/config errors and 1 for the rest, without a traceback. `--debug` on the
 command line or TIPJAX_DEBUG=1 re-raises it with its traceback. Anything not in USER_ERRORS is a bug and
-keeps its traceback. Ctrl-C prints `error: interrupted (Ctrl-C)` and exits 130 (a trainer's finished
+keeps its traceback. Ctrl-C prints `error: interrupted (Ctrl-C)` and exits 130 at once (a trainer's finished
 checkpoints are kept; rerunning resumes from the newest).
 
     if __name__ == "__main__":
@@ -128,7 +128,11 @@ def run_main(main: Callable[[list[str]], Any], argv: Sequence[str] | None = None
             raise
         sys.stdout.flush()
         print("error: interrupted (Ctrl-C)", file=sys.stderr, flush=True)
-        return 130
+        # Exit at once: work the interrupt cut short (an asynchronous checkpoint save's thread, a half-built
+        # event loop) can hang interpreter shutdown or print noise after the line above. Finished checkpoints
+        # and metrics rows are already on disk (rows are appended and closed one by one); an unfinished save
+        # is a temporary folder that the next run ignores.
+        os._exit(130)
     except Exception as err:
         code = classify(err, usage_errors, user_errors)
         if debug or code is None:
