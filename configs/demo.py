@@ -17,7 +17,8 @@ With the models cached, a rerun skips the two SFT builds (estimated 2.5-3 minute
 """
 
 from tipjax import demo, tasks
-from tipjax.train_config import VARIANTS, apply_variant, config_dict
+from tipjax.config_schema import config_dict
+from tipjax.paper_variants import VARIANTS, apply_variant
 
 
 def get_config(arg=None):

@@ -14,7 +14,7 @@ copied into it).
 """
 
 from tipjax.eval import EvalConfig
-from tipjax.train_config import config_dict
+from tipjax.config_schema import config_dict
 
 
 def get_config(arg=None):

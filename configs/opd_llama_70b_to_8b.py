@@ -11,7 +11,8 @@ Expected result (paper, mean@16 %, MATH-500 / AIME'24 / AIME'25): all 71.0/21.5/
 Paper peak memory: 41.6 GB (all), 32.1 GB (entropy50) per H200. Runtime: not measured by tipjax yet.
 """
 
-from tipjax.train_config import apply_variant, config_dict
+from tipjax.config_schema import config_dict
+from tipjax.paper_variants import apply_variant
 
 
 def get_config(arg=None):

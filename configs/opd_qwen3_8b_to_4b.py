@@ -13,7 +13,8 @@ entropy50 78.6/23.8/20.7; q3_10 76.1/21.5/17.1. Paper peak memory: 72.0 GB (all)
 Runtime: not measured by tipjax yet (the paper does not report it).
 """
 
-from tipjax.train_config import apply_variant, config_dict
+from tipjax.config_schema import config_dict
+from tipjax.paper_variants import apply_variant
 
 
 def get_config(arg=None):

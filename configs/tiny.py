@@ -3,14 +3,15 @@
 Command (CPU, ~1 minute):
   python -m tipjax.train --config=configs/tiny.py --workdir=/tmp/tipjax_tiny
   python -m tipjax.train --config=configs/tiny.py:soft_or50 --workdir=/tmp/tipjax_tiny_soft_or
-Variants: the paper's rules (tipjax.train_config.VARIANTS), e.g. :all, :entropy50, :soft_or50, :q3_10.
+Variants: the paper's rules (tipjax.paper_variants.VARIANTS), e.g. :all, :entropy50, :soft_or50, :q3_10.
 Expected result: the full-token reverse KL on fresh rollouts (rkl_all) falls from about 2.9 to about 0.6 in
 30 steps (measured with :all, about 10 s on 2 CPU cores),
 because the student (2 layers) is trained toward a random teacher (3 layers) on its own samples.
 Prompts are random token ids (no tokenizer needed), so this exercises every stage except text handling.
 """
 
-from tipjax.train_config import apply_variant, config_dict
+from tipjax.config_schema import config_dict
+from tipjax.paper_variants import apply_variant
 
 
 def _arch(hidden, layers, intermediate, init_std):

@@ -179,7 +179,7 @@ def worker_train(args, smoke):
     import jax.numpy as jnp
     import numpy as np
     from tipjax import build, models, step as step_lib
-    from tipjax.train_config import OptimSpec, RolloutSpec, SelectionSpec
+    from tipjax.config_schema import OptimSpec, RolloutSpec, SelectionSpec
 
     p, n, tp, new = (2, 2, 16, 32) if smoke else (8, 8, 256, 1024)
     s_cfg, t_cfg = _presets(smoke)
@@ -195,7 +195,7 @@ def worker_train(args, smoke):
     settings = step_lib.StepSettings(
         rollout=RolloutSpec(samples_per_prompt=n, max_new_tokens=new),
         selection=SelectionSpec(rule=args.get("rule", "all")),
-        eos_ids=(), vocab=s_cfg.vocab_size, micro_batches=4, param_shardings=opt.state_shardings.params,
+        eos_ids=(), vocab=s_cfg.vocab_size, micro_batches=4, param_shardings=opt.state_shardings.model,
         split_sharding=build.split_sharding(mesh))
     batch = models.batch_sharding(mesh)
     step_fn = jax.jit(step_lib.build_step(settings, opt.optimizer, opt.schedule),

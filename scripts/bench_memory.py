@@ -31,10 +31,10 @@ MEMORY_RUNS = [("all", []), ("soft_or50", []), ("entropy50", []), ("q3_10", []),
 # --- the child: one AOT compile ---------------------------------------------------------------------------
 
 def memory_config(variant: str, overrides: list[str]):
-    from tipjax import config as tcfg
-    from tipjax.train_config import TrainConfig
+    from tipjax import config_loader
+    from tipjax.config_schema import TrainConfig
 
-    return tcfg.to_dataclass(tcfg.load_config(f"{MEMORY_CONFIG}:{variant}", overrides), TrainConfig)
+    return config_loader.to_dataclass(config_loader.load_config(f"{MEMORY_CONFIG}:{variant}", overrides), TrainConfig)
 
 
 def dry_run_child(variant: str, overrides: list[str]) -> None:
@@ -60,9 +60,9 @@ def dry_run_child(variant: str, overrides: list[str]) -> None:
     sh = s.state_shardings
     param_sh = models.model_shardings(s.student, s.mesh, models.STORAGE_RULES)
     report["inputs_gib"] = {
-        "student_params": per_device(state.params, sh.params),
+        "student_params": per_device(state.model, sh.model),
         "optimizer_state": per_device(state.opt_state, sh.opt_state),
-        "optimizer_state_if_sharded_like_params": 2 * per_device(state.params, param_sh),
+        "optimizer_state_if_sharded_like_params": 2 * per_device(state.model, param_sh),
         "teacher_params": per_device(s.teacher, jax.tree.map(lambda x: x.sharding, s.teacher))}
     rows = cfg.prompts_per_step * cfg.rollout.samples_per_prompt
     report["settings"] = {

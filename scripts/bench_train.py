@@ -61,10 +61,10 @@ def sizes():
 
 
 def train_config(size: str, variant: str):
-    from tipjax import config as tcfg
-    from tipjax.train_config import MeshSpec, TrainConfig
+    from tipjax import config_loader
+    from tipjax.config_schema import MeshSpec, TrainConfig
 
-    cfg = tcfg.to_dataclass(tcfg.load_config(f"{ROOT}/configs/tiny.py:{variant}", []), TrainConfig)
+    cfg = config_loader.to_dataclass(config_loader.load_config(f"{ROOT}/configs/tiny.py:{variant}", []), TrainConfig)
     cfg = dataclasses.replace(cfg, mesh=MeshSpec(data=1, fsdp=1, tensor=1))
     over = sizes()[size]
     if over:

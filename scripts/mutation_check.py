@@ -204,8 +204,8 @@ MUTANTS: tuple[Mutant, ...] = (
         "a resumed run restarts the prompt stream from the beginning"),
     Mutant(
         "checkpoint_drops_prompt_state", "tipjax/checkpoint.py",
-        "return Restored(step, restored[STATE], restored[PROMPTS])",
-        "return Restored(step, restored[STATE], None)",
+        "return Restored(step, _from_disk(restored[STATE], abstract_state), restored[PROMPTS])",
+        "return Restored(step, _from_disk(restored[STATE], abstract_state), None)",
         ("tests/test_checkpoint_recovery.py", "tests/test_resume.py"),
         "Checkpointer.restore reads the prompt-iterator state but returns None for it"),
     # --- grading ---------------------------------------------------------------------------------------------

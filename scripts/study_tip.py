@@ -50,7 +50,7 @@ def parse_args(argv):
     p.add_argument("--smoke", action="store_true", help="tiny demo models, 2 rules x 1 seed, 2 steps (seconds)")
     p.add_argument("--out", default=None, help="folder for study.json, study.md and study/*.png (default docs/)")
     p.add_argument("--workdir", default=None, help="run folders and the compilation cache (default /tmp/...)")
-    p.add_argument("--rules", default=None, help="comma-separated variants of train_config.VARIANTS")
+    p.add_argument("--rules", default=None, help="comma-separated variants of paper_variants.VARIANTS")
     p.add_argument("--seeds", type=int, default=None)
     p.add_argument("--steps", type=int, default=None, help="OPD steps per run (the same for every rule)")
     p.add_argument("--eval_every", type=int, default=None, help="held-out evaluation every N steps (divides steps)")
@@ -126,7 +126,7 @@ def run_study(args) -> dict:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     from tipjax import train
-    from tipjax.train_config import VARIANTS
+    from tipjax.paper_variants import VARIANTS
 
     unknown = [r for r in args.rules if r not in VARIANTS]
     if unknown:

@@ -21,14 +21,13 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 from fixtures_tokenizer import save_tiny_qwen3
 from tipjax import cli, models
 from tipjax.checkpoint import Checkpointer
-from tipjax.config import ConfigError
-from tipjax.train_config import CheckpointSpec
+from tipjax.config_loader import ConfigError
+from tipjax.config_schema import CheckpointSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs" / "tiny.py")
@@ -368,15 +367,15 @@ def _generate(a, ids, **kwargs):
 
 
 def _load_config_missing(a):
-    from tipjax import config as tcfg
+    from tipjax import config_loader
 
-    return tcfg.load_config(str(a["root"] / "nope.py"))
+    return config_loader.load_config(str(a["root"] / "nope.py"))
 
 
 def _override(a, item):
-    from tipjax import config as tcfg
+    from tipjax import config_loader
 
-    return tcfg.load_config(TINY, [item])
+    return config_loader.load_config(TINY, [item])
 
 
 API = [

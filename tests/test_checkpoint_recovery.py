@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from tipjax.checkpoint import UNREADABLE, Checkpointer, CheckpointError
-from tipjax.config import ConfigError
-from tipjax.train_config import CheckpointSpec
+from tipjax.config_loader import ConfigError
+from tipjax.config_schema import CheckpointSpec
 
 STEPS = (10, 20, 30)
 
@@ -103,22 +103,22 @@ def test_empty_and_half_written_step_folders_are_ignored(run):
     shutil.copytree(directory / "30" / "state", directory / "50" / "state")  # no prompts item
     checkpoints = Checkpointer(directory, spec)
     assert checkpoints.all_steps() == [10, 20, 30] and checkpoints.latest_step() == 30
-    step, params = checkpoints.restore_params(None, _abstract()["params"])
+    step, params = checkpoints.restore_model(None, _abstract()["params"])
     assert step == 30
     _assert_bitwise(params, _state(30)["params"])
-    assert (directory / "40").is_dir() and (directory / "50").is_dir()  # restore_params only reads
+    assert (directory / "40").is_dir() and (directory / "50").is_dir()  # restore_model only reads
     step, state, prompt_state = checkpoints.restore(None, _abstract())
     assert step == 30 and prompt_state == _prompts(30)
     _assert_bitwise(state, _state(30))
     checkpoints.close()
 
 
-def test_restore_params_falls_back_and_moves_nothing(run, caplog):
+def test_restore_model_falls_back_and_moves_nothing(run, caplog):
     directory, spec = run
     _truncate_arrays(directory / "30")
     checkpoints = Checkpointer(directory, spec)
     with caplog.at_level(logging.WARNING, logger="tipjax.checkpoint"):
-        step, params = checkpoints.restore_params(None, _abstract()["params"])
+        step, params = checkpoints.restore_model(None, _abstract()["params"])
     assert step == 20
     _assert_bitwise(params, _state(20)["params"])
     assert any("skipped checkpoint step 30" in r.getMessage() for r in caplog.records)
@@ -138,7 +138,7 @@ def test_explicit_step_is_exact_or_a_one_line_error(run):
     assert "checkpoint step 30 is unreadable" in str(corrupt.value) and "\n" not in str(corrupt.value)
     assert corrupt.value.where == directory / "30"
     with pytest.raises(CheckpointError, match="no checkpoint for step 25"):
-        checkpoints.restore_params(25, _abstract()["params"])
+        checkpoints.restore_model(25, _abstract()["params"])
     assert checkpoints.all_steps() == [10, 20, 30]  # a failed request moves nothing
     checkpoints.close()
 
@@ -153,7 +153,7 @@ def test_rewinding_to_an_explicit_step_sets_later_steps_aside(run):
     assert sorted(p.name for p in directory.iterdir()) == ["10", "20.superseded", "30.superseded"]
     assert checkpoints.save(20, _state(21), _prompts(21))  # the rewound run checkpoints again
     checkpoints.close()
-    step, params = Checkpointer(directory, spec).restore_params(None, _abstract()["params"])
+    step, params = Checkpointer(directory, spec).restore_model(None, _abstract()["params"])
     assert step == 20
     _assert_bitwise(params, _state(21)["params"])
 
@@ -164,7 +164,7 @@ def test_no_readable_checkpoint_is_an_error_naming_the_skipped_steps(run):
         _delete_arrays(directory / str(step))
     checkpoints = Checkpointer(directory, spec)
     with pytest.raises(CheckpointError, match=r"no readable checkpoint \(skipped steps 10, 20, 30\)"):
-        checkpoints.restore_params(None, _abstract()["params"])
+        checkpoints.restore_model(None, _abstract()["params"])
     checkpoints.close()
 
 

@@ -1,6 +1,7 @@
 """The CLI error policy: one `error:` line, at most one hint, exit 2 for usage/config, 1 for other user errors."""
 
 import errno
+import importlib
 import os
 import subprocess
 import sys
@@ -10,8 +11,8 @@ import pytest
 
 from tipjax import cli
 from tipjax.checkpoint import CheckpointError
-from tipjax.compat import IncompatibleModels
-from tipjax.config import ConfigError
+from tipjax.config_loader import ConfigError
+from tipjax.tokenization import IncompatibleModels
 from tipjax.data import PromptFileError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -140,3 +141,10 @@ def test_export_cli_not_a_workdir_exits_1_and_debug_shows_traceback(tmp_path):
     debug = _export("--workdir", str(tmp_path), "--out", str(tmp_path.parent / "hf"), "--debug")
     assert debug.returncode == 1 and "Traceback" in debug.stderr and "ExportError" in debug.stderr
     assert not (tmp_path.parent / "hf").exists()
+
+
+@pytest.mark.parametrize("module, name, code", cli.USER_ERRORS)
+def test_every_user_error_in_the_table_exists(module, name, code):
+    # The table names classes by string so it costs no imports; a rename must not leave a dead row behind.
+    cls = getattr(importlib.import_module(module), name)
+    assert isinstance(cls, type) and issubclass(cls, BaseException) and code in (1, 2)

@@ -5,7 +5,7 @@ import textwrap
 
 import pytest
 
-from tipjax import config as tcfg
+from tipjax import config_loader
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,16 +44,16 @@ def config_file(tmp_path):
 
 
 def test_variant_and_overrides(config_file):
-    cd = tcfg.load_config(f"{config_file}:soft_or50", ["--config.optim.lr=3e-7", "optim.steps=5",
+    cd = config_loader.load_config(f"{config_file}:soft_or50", ["--config.optim.lr=3e-7", "optim.steps=5",
                                                        "--config.buckets=(8,64)", "--config.teacher=/x/y"])
-    exp = tcfg.to_dataclass(cd, Exp)
+    exp = config_loader.to_dataclass(cd, Exp)
     assert exp == Exp(name="soft_or50", rule="soft_or", ratio=0.5, buckets=(8, 64), teacher="/x/y",
                       optim=Optim(lr=3e-7, steps=5))
     hash(exp)  # static under jit
 
 
 def test_int_override_of_float_field(config_file):
-    cd = tcfg.load_config(str(config_file), ["--config.ratio=1"])
+    cd = config_loader.load_config(str(config_file), ["--config.ratio=1"])
     assert isinstance(cd.ratio, float) and cd.ratio == 1.0
 
 
@@ -64,29 +64,29 @@ def test_int_override_of_float_field(config_file):
     ("--config.ratio", "ratio"),
 ])
 def test_bad_overrides_name_the_key(config_file, override, key):
-    with pytest.raises(tcfg.ConfigError, match=key.replace(".", r"\.")):
-        tcfg.load_config(str(config_file), [override])
+    with pytest.raises(config_loader.ConfigError, match=key.replace(".", r"\.")):
+        config_loader.load_config(str(config_file), [override])
 
 
 def test_unknown_and_mistyped_keys_in_conversion():
-    with pytest.raises(tcfg.ConfigError, match="extra"):
-        tcfg.to_dataclass({"name": "a", "extra": 1}, Exp)
-    with pytest.raises(tcfg.ConfigError, match="optim.steps"):
-        tcfg.to_dataclass({"name": "a", "optim": {"steps": "ten"}}, Exp)
-    with pytest.raises(tcfg.ConfigError, match="ratio"):
-        tcfg.to_dataclass({"name": "a", "ratio": "high"}, Exp)
+    with pytest.raises(config_loader.ConfigError, match="extra"):
+        config_loader.to_dataclass({"name": "a", "extra": 1}, Exp)
+    with pytest.raises(config_loader.ConfigError, match="optim.steps"):
+        config_loader.to_dataclass({"name": "a", "optim": {"steps": "ten"}}, Exp)
+    with pytest.raises(config_loader.ConfigError, match="ratio"):
+        config_loader.to_dataclass({"name": "a", "ratio": "high"}, Exp)
 
 
 def test_missing_file_and_missing_get_config(tmp_path):
-    with pytest.raises(tcfg.ConfigError, match="not found"):
-        tcfg.load_config(str(tmp_path / "none.py"))
+    with pytest.raises(config_loader.ConfigError, match="not found"):
+        config_loader.load_config(str(tmp_path / "none.py"))
     bad = tmp_path / "bad.py"
     bad.write_text("x = 1\n")
-    with pytest.raises(tcfg.ConfigError, match="get_config"):
-        tcfg.load_config(str(bad))
+    with pytest.raises(config_loader.ConfigError, match="get_config"):
+        config_loader.load_config(str(bad))
 
 
 def test_split_config_args():
-    spec, overrides, rest = tcfg.split_config_args(
+    spec, overrides, rest = config_loader.split_config_args(
         ["--config=configs/tiny.py:q3_10", "--config.a.b=1", "--workdir", "/tmp/w"])
     assert spec == "configs/tiny.py:q3_10" and overrides == ["--config.a.b=1"] and rest == ["--workdir", "/tmp/w"]

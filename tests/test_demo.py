@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from tipjax import config as tcfg, demo, train, train_config
+from tipjax import config_loader, config_schema, demo, train
 
 
 def _cfg():
-    return tcfg.to_dataclass(tcfg.load_config("configs/demo.py:tiny"), train_config.TrainConfig)
+    return config_loader.to_dataclass(config_loader.load_config("configs/demo.py:tiny"), config_schema.TrainConfig)
 
 
 def test_demo_builds_once_trains_and_reports_before_after(tmp_path, monkeypatch, capsys):

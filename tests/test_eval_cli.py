@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from fixtures_tokenizer import build_tokenizer, read_jsonl, repo_root, save_tiny_qwen3, shared_data_dir
-from tipjax import config as tcfg
+from tipjax import config_loader
 from tipjax import data
 from tipjax import eval as tev
 from tipjax import sampling
@@ -91,9 +91,9 @@ def test_flags_override_the_config_and_bad_keys_fail():
     assert all(p.is_file() for p in tev._data_paths(cfg))
     cli = tev.parse_args(["--data", "a.jsonl", "b.jsonl", "--model", "m"])
     assert (cli.data, cli.data_dir, cli.n) == (("a.jsonl", "b.jsonl"), "", 16)
-    with pytest.raises(tcfg.ConfigError, match="nn"):
+    with pytest.raises(config_loader.ConfigError, match="nn"):
         tev.parse_args(["--config=configs/eval_math.py", "--config.nn=4"])
-    with pytest.raises(tcfg.ConfigError, match="needs --config"):
+    with pytest.raises(config_loader.ConfigError, match="needs --config"):
         tev.parse_args(["--config.n=4"])
 
 

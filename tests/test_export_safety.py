@@ -16,9 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tipjax import export, models
+from tipjax import export, models, workdir as workdir_lib
 from tipjax.checkpoint import Checkpointer
-from tipjax.train_config import CheckpointSpec
+from tipjax.config_schema import CheckpointSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 ARCH = dict(architectures=["Qwen3ForCausalLM"], model_type="qwen3", vocab_size=64, hidden_size=32,
@@ -69,7 +69,7 @@ def test_new_and_empty_targets_get_a_marked_export_equal_to_the_checkpoint(workd
     assert result.returncode == 0, result.stderr
     out = tmp_path / "new" / "hf"
     assert json.loads((out / export.MARKER).read_text()) == {"workdir": str(workdir.resolve()), "step": 2}
-    exported, student = models.load_hf(str(out)), export.load_student(workdir)
+    exported, student = models.load_hf(str(out)), workdir_lib.load_student(workdir)
     for a, b in zip(jax.tree.leaves(exported), jax.tree.leaves(student), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     (tmp_path / "empty").mkdir()

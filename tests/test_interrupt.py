@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from tipjax import export
+from tipjax import workdir as workdir_lib
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 12
@@ -40,7 +40,7 @@ def env(tmp_path_factory):
 def straight(tmp_path_factory, env):
     workdir = tmp_path_factory.mktemp("straight") / "run"
     subprocess.run(_command(workdir, True), cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
-    return export.load_student(workdir)
+    return workdir_lib.load_student(workdir)
 
 
 def _saving(checkpoints: Path) -> bool:
@@ -75,5 +75,5 @@ def test_ctrl_c_during_a_save_then_resume(straight, env, tmp_path, async_save):
     assert rerun.returncode == 0, rerun.stderr
     rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
-    for x, y in zip(jax.tree.leaves(straight), jax.tree.leaves(export.load_student(workdir)), strict=True):
+    for x, y in zip(jax.tree.leaves(straight), jax.tree.leaves(workdir_lib.load_student(workdir)), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

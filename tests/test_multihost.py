@@ -17,7 +17,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from tipjax import config as tcfg, export, train, train_config
+from tipjax import config_loader, config_schema, train, workdir as workdir_lib
 from tipjax.metrics_log import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,8 +46,8 @@ def _free_port() -> int:
 
 
 def _config():
-    return tcfg.to_dataclass(tcfg.load_config(str(ROOT / "configs" / "tiny.py:soft_or50"), OVERRIDES),
-                             train_config.TrainConfig)
+    return config_loader.to_dataclass(config_loader.load_config(str(ROOT / "configs" / "tiny.py:soft_or50"), OVERRIDES),
+                             config_schema.TrainConfig)
 
 
 def test_two_processes_equal_one_and_their_checkpoint_resumes_in_one(tmp_path):
@@ -78,6 +78,6 @@ def test_two_processes_equal_one_and_their_checkpoint_resumes_in_one(tmp_path):
     train.train(cfg, resumed)  # step 4 in one process, from the 2-process checkpoint of step 3
     assert [r["step"] for r in read_metrics(resumed)] == [1, 2, 3, 4]
     assert json.loads((resumed / "run.json").read_text())["identity"] == train.run_identity(cfg)
-    for x, y in zip(jax.tree.leaves(export.load_student(tmp_path / "single")),
-                    jax.tree.leaves(export.load_student(resumed)), strict=True):
+    for x, y in zip(jax.tree.leaves(workdir_lib.load_student(tmp_path / "single")),
+                    jax.tree.leaves(workdir_lib.load_student(resumed)), strict=True):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-5)

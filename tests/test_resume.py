@@ -10,7 +10,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from tipjax import export
+from tipjax import workdir as workdir_lib
 
 ROOT = Path(__file__).resolve().parents[1]
 ARGS = ["--config=configs/tiny.py:soft_or50", "--config.total_steps=40", "--config.checkpoint.every=4",
@@ -40,7 +40,7 @@ def test_sigkill_and_resume_is_bitwise_equal(tmp_path):
     assert finished and finished[-1] < 40, f"the run was not interrupted (checkpoints {finished})"
     subprocess.run(_command(killed), cwd=ROOT, env=_env(), check=True, capture_output=True)
 
-    a, b = export.load_student(tmp_path / "straight"), export.load_student(killed)
+    a, b = workdir_lib.load_student(tmp_path / "straight"), workdir_lib.load_student(killed)
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     steps = [int(line.split('"step": ')[1].split(",")[0]) for line in (killed / "metrics.jsonl").read_text().splitlines()]
@@ -51,13 +51,13 @@ def test_resume_in_process_restores_the_prompt_iterator(tmp_path):
     """Stop after 2 of 4 steps and resume: the same prompts, hence the same weights and rows, as a straight run."""
     import dataclasses
 
-    from tipjax import config as tcfg, train, train_config
+    from tipjax import config_loader, config_schema, train
     from tipjax.metrics_log import read_metrics
 
-    cfg = tcfg.to_dataclass(tcfg.load_config("configs/tiny.py:soft_or50", [
+    cfg = config_loader.to_dataclass(config_loader.load_config("configs/tiny.py:soft_or50", [
         "--config.total_steps=4", "--config.checkpoint.every=2", "--config.checkpoint.async_save=False"]),
-        train_config.TrainConfig)
-    cfg = dataclasses.replace(cfg, mesh=train_config.MeshSpec(1, 1, 1))
+        config_schema.TrainConfig)
+    cfg = dataclasses.replace(cfg, mesh=config_schema.MeshSpec(1, 1, 1))
     train.train(cfg, tmp_path / "straight")
     train.train(cfg, tmp_path / "resumed", max_steps=2)
     assert [r["step"] for r in read_metrics(tmp_path / "resumed")] == [1, 2]
@@ -65,6 +65,6 @@ def test_resume_in_process_restores_the_prompt_iterator(tmp_path):
     straight, resumed = read_metrics(tmp_path / "straight"), read_metrics(tmp_path / "resumed")
     assert [r["step"] for r in resumed] == [1, 2, 3, 4]
     assert [r["loss"] for r in resumed] == [r["loss"] for r in straight]
-    a, b = export.load_student(tmp_path / "straight"), export.load_student(tmp_path / "resumed")
+    a, b = workdir_lib.load_student(tmp_path / "straight"), workdir_lib.load_student(tmp_path / "resumed")
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

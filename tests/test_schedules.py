@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from tipjax import config as tcfg, optim, schedule, train, train_config
+from tipjax import config_loader, config_schema, optim, schedule, train
 from tipjax.prompt_source import SyntheticPrompts
 
 
@@ -32,27 +32,27 @@ def np_lr(kind, lr, warmup, decay, end_factor, step):
 
 @pytest.mark.parametrize("kind", ["linear", "cosine"])
 def test_schedule_values_follow_numpy(kind):
-    spec = train_config.ScheduleSpec(kind=kind, end=0.1, steps=8)
+    spec = config_schema.ScheduleSpec(kind=kind, end=0.1, steps=8)
     got = [float(schedule.value(spec, 0.6, 100, np.int32(i))) for i in range(12)]
     np.testing.assert_allclose(got, [np_value(kind, 0.6, 0.1, 8, i) for i in range(12)], rtol=1e-6)
-    whole_run = train_config.ScheduleSpec(kind=kind, end=0.9, steps=0)  # steps 0: over total_steps
+    whole_run = config_schema.ScheduleSpec(kind=kind, end=0.9, steps=0)  # steps 0: over total_steps
     np.testing.assert_allclose(float(schedule.value(whole_run, 0.3, 20, np.int32(5))), np_value(kind, 0.3, 0.9, 20, 5),
                                rtol=1e-6)
-    assert schedule.value(train_config.ScheduleSpec(), 0.25, 100, np.int32(7)) == 0.25  # constant: a Python float
+    assert schedule.value(config_schema.ScheduleSpec(), 0.25, 100, np.int32(7)) == 0.25  # constant: a Python float
 
 
 @pytest.mark.parametrize("kind", ["cosine", "linear", "constant"])
 def test_learning_rate_schedules_follow_numpy(kind):
-    spec = train_config.OptimSpec(learning_rate=2e-3, schedule=kind, warmup_steps=3, decay_steps=10, end_lr_factor=0.1)
+    spec = config_schema.OptimSpec(learning_rate=2e-3, schedule=kind, warmup_steps=3, decay_steps=10, end_lr_factor=0.1)
     fn = optim.learning_rate_schedule(spec, total_steps=50)
     np.testing.assert_allclose([float(fn(i)) for i in range(14)],
                                [np_lr(kind, 2e-3, 3, 10, 0.1, i) for i in range(14)], rtol=1e-5, atol=1e-12)
 
 
 def _tiny(*overrides):
-    cfg = tcfg.to_dataclass(tcfg.load_config("configs/tiny.py:soft_or50", [
-        "--config.rollout.max_new_tokens=16", *overrides]), train_config.TrainConfig)
-    return dataclasses.replace(cfg, mesh=train_config.MeshSpec(1, 1, 1))
+    cfg = config_loader.to_dataclass(config_loader.load_config("configs/tiny.py:soft_or50", [
+        "--config.rollout.max_new_tokens=16", *overrides]), config_schema.TrainConfig)
+    return dataclasses.replace(cfg, mesh=config_schema.MeshSpec(1, 1, 1))
 
 
 def _keep_count(ratio, m):
@@ -94,7 +94,7 @@ def test_a_flat_schedule_is_the_constant_knob():
         state = s.init_fn(s.student, jax.random.PRNGKey(0))
         batch = next(SyntheticPrompts(cfg.data, cfg.prompts_per_step, 256))
         state, metrics = s.step_fn(state, s.teacher, batch["prompt_ids"], batch["prompt_mask"])
-        results.append((float(metrics["loss"]), float(metrics["n_kept"]), jax.tree.leaves(state.params)))
+        results.append((float(metrics["loss"]), float(metrics["n_kept"]), jax.tree.leaves(state.model)))
     (loss_a, kept_a, params_a), (loss_b, kept_b, params_b) = results
     assert kept_a == kept_b and loss_a > 0
     np.testing.assert_allclose(loss_b, loss_a, rtol=1e-6)
@@ -103,9 +103,9 @@ def test_a_flat_schedule_is_the_constant_knob():
 
 
 def test_bad_schedules_name_their_key():
-    with pytest.raises(tcfg.ConfigError, match=r"selection.ratio_schedule.end=0.0 must be in \(0.0, 1.0\]"):
+    with pytest.raises(config_loader.ConfigError, match=r"selection.ratio_schedule.end=0.0 must be in \(0.0, 1.0\]"):
         train.validate(_tiny("--config.selection.ratio_schedule.kind=linear"))
-    with pytest.raises(tcfg.ConfigError, match="selection.beta_schedule.kind='step'"):
+    with pytest.raises(config_loader.ConfigError, match="selection.beta_schedule.kind='step'"):
         train.validate(_tiny("--config.selection.beta_schedule.kind=step"))
-    with pytest.raises(tcfg.ConfigError, match="optim.schedule"):
+    with pytest.raises(config_loader.ConfigError, match="optim.schedule"):
         train.validate(_tiny("--config.optim.schedule=exponential"))

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 from test_teacher_context import _assets, config
 
-from tipjax import config as tcfg, models, prompt_source, train, train_config
+from tipjax import config_loader, config_schema, models, prompt_source, train
 from tipjax.prompt_source import SyntheticPrompts
 
 
 def _tiny_self(source, *overrides):
-    cfg = tcfg.to_dataclass(tcfg.load_config("configs/tiny.py:soft_or50", list(overrides)), train_config.TrainConfig)
+    cfg = config_loader.to_dataclass(config_loader.load_config("configs/tiny.py:soft_or50", list(overrides)), config_schema.TrainConfig)
     return dataclasses.replace(cfg, teacher=dataclasses.replace(cfg.teacher, arch=None, source=source),
-                               mesh=train_config.MeshSpec(1, 1, 1))
+                               mesh=config_schema.MeshSpec(1, 1, 1))
 
 
 def test_student_teacher_without_context_is_the_student_itself():
@@ -26,19 +26,19 @@ def test_student_teacher_without_context_is_the_student_itself():
     s = train.setup(cfg)
     assert s.teacher is None  # no teacher weights at all
     state = s.init_fn(s.student, jax.random.PRNGKey(0))
-    before = [np.asarray(x).copy() for x in jax.tree.leaves(state.params)]
+    before = [np.asarray(x).copy() for x in jax.tree.leaves(state.model)]
     batch = next(SyntheticPrompts(cfg.data, cfg.prompts_per_step, 256))
     state, metrics = s.step_fn(state, None, batch["prompt_ids"], batch["prompt_mask"])
     # The teacher's distribution is the student's at every position: zero divergence, zero gradient, no update.
     assert float(metrics["loss"]) == 0.0 and float(metrics["rkl_all"]) == 0.0 and float(metrics["n_kept"]) > 0
-    for a, b in zip(before, jax.tree.leaves(state.params)):
+    for a, b in zip(before, jax.tree.leaves(state.model)):
         np.testing.assert_array_equal(a, np.asarray(b))
-    with pytest.raises(tcfg.ConfigError, match="teacher.source='student' uses the student's weights"):
+    with pytest.raises(config_loader.ConfigError, match="teacher.source='student' uses the student's weights"):
         train.validate(dataclasses.replace(cfg, teacher=dataclasses.replace(cfg.teacher, preset="qwen3-4b")))
-    with pytest.raises(tcfg.ConfigError, match="teacher.source"):
+    with pytest.raises(config_loader.ConfigError, match="teacher.source"):
         train.validate(dataclasses.replace(cfg, teacher=dataclasses.replace(cfg.teacher, source="self")))
     # A config file's teacher folder or preset is unset from the command line with None.
-    unset = tcfg.load_config("configs/opd_qwen3_8b_to_4b.py", ["--config.teacher.preset=None"])
+    unset = config_loader.load_config("configs/opd_qwen3_8b_to_4b.py", ["--config.teacher.preset=None"])
     assert unset.teacher.preset is None and unset.student.preset == "Qwen3-4B"
 
 
@@ -55,7 +55,7 @@ def _context_run(root, source, steps):
                                                   vocab_size=s.student.config.vocab_size))
     arrays = [batch[k] for k in prompt_source.STEP_KEYS if k in batch]
     state = s.init_fn(s.student, jax.random.PRNGKey(0))
-    initial = [np.asarray(x).copy() for x in jax.tree.leaves(state.params)]
+    initial = [np.asarray(x).copy() for x in jax.tree.leaves(state.model)]
     out = []
     for _ in range(steps):
         state, metrics = s.step_fn(state, s.teacher, *arrays)
@@ -71,15 +71,15 @@ def root(tmp_path_factory):
 def test_student_teacher_with_context_equals_an_explicit_teacher_holding_the_current_weights(root):
     cfg, _, initial, arrays, [(state1, m1), (_, m2)] = _context_run(root, "student", 2)
     assert float(m1["loss"]) > 0  # the teacher-only context changes the teacher's distribution
-    assert not np.array_equal(initial[0], np.asarray(jax.tree.leaves(state1.params)[0]))  # "current" has moved
+    assert not np.array_equal(initial[0], np.asarray(jax.tree.leaves(state1.model)[0]))  # "current" has moved
     # The same step with a separate teacher model whose weights are the student's after step 1.
     ref_cfg = dataclasses.replace(cfg, teacher=dataclasses.replace(cfg.teacher, source="model", path=cfg.student.path))
     s_ref = train.setup(ref_cfg)
-    teacher = jax.tree.map(jnp.copy, state1.params)
+    teacher = jax.tree.map(jnp.copy, state1.model)
     ref_state, ref_metrics = s_ref.step_fn(jax.tree.map(jnp.copy, state1), teacher, *arrays)
     _, _, _, _, [_, (state2, _)] = _context_run(root, "student", 2)
     np.testing.assert_allclose(float(m2["loss"]), float(ref_metrics["loss"]), rtol=1e-5)
-    for a, b in zip(jax.tree.leaves(ref_state.params), jax.tree.leaves(state2.params)):
+    for a, b in zip(jax.tree.leaves(ref_state.model), jax.tree.leaves(state2.model)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
 
 
@@ -88,7 +88,7 @@ def test_student_initial_teacher_stays_the_step_zero_student(root):
     _, _, _, _, current = _context_run(root, "student", 2)
     for a, b in zip(initial, jax.tree.leaves(s.teacher)):  # the frozen copy after three updates of the student
         np.testing.assert_array_equal(a, np.asarray(b))
-    assert not np.array_equal(initial[0], np.asarray(jax.tree.leaves(runs[-1][0].params)[0]))
+    assert not np.array_equal(initial[0], np.asarray(jax.tree.leaves(runs[-1][0].model)[0]))
     # Step 1: both teachers are the initial student; step 2: only "student" follows the update.
     np.testing.assert_allclose(float(runs[0][1]["loss"]), float(current[0][1]["loss"]), rtol=1e-6)
     assert abs(float(runs[1][1]["loss"]) - float(current[1][1]["loss"])) > 1e-6

@@ -10,10 +10,11 @@ import pytest
 import torch
 import transformers
 
-from tipjax import config as tcfg, eval as tev, export, models, sft, sft_data, tasks
-from tipjax.config import ConfigError
+from tipjax import config_loader, eval as tev, export, models, sft, sft_data, tasks, workdir as workdir_lib
+from tipjax.config_loader import ConfigError
 from tipjax.metrics_log import read_metrics
-from tipjax.train_config import SFTConfig, validate_sft
+from tipjax.config_checks import validate_sft
+from tipjax.config_schema import SFTConfig
 
 ARITH = "configs/sft_arithmetic.py"
 
@@ -27,7 +28,7 @@ def tiny_cfg(*overrides) -> SFTConfig:
             "--config.data.max_response_length=16", "--config.optim.learning_rate=0.01",
             "--config.optim.warmup_steps=2", "--config.total_steps=40", "--config.checkpoint.every=20",
             "--config.checkpoint.keep=3"]
-    return tcfg.to_dataclass(tcfg.load_config(ARITH, base + list(overrides)), SFTConfig)
+    return config_loader.to_dataclass(config_loader.load_config(ARITH, base + list(overrides)), SFTConfig)
 
 
 def test_tokenized_pairs_are_prompt_then_response_and_eos():
@@ -67,7 +68,7 @@ def test_loss_is_the_mean_over_response_tokens_and_micro_batching_does_not_chang
         state = s.optimization.init_fn(s.student, jax.random.PRNGKey(0))
         new_state, metrics = step(state, *(jnp.asarray(batch[k]) for k in ("tokens", "seq_mask", "loss_mask")))
         assert int(metrics["response_tokens"]) == batch["loss_mask"].sum() and run.micro_batches == m
-        losses.append((float(metrics["loss"]), new_state.params))
+        losses.append((float(metrics["loss"]), new_state.model))
     np.testing.assert_allclose(losses[0][0], expected, rtol=1e-5)
     np.testing.assert_allclose(losses[1][0], expected, rtol=1e-5)
     for a, b in zip(jax.tree.leaves(losses[0][1]), jax.tree.leaves(losses[1][1])):
@@ -91,7 +92,7 @@ def test_loss_falls_and_the_run_exports_to_transformers(tmp_path):
                             add_special_tokens=False, padding="max_length", max_length=24)["input_ids"])
     with torch.no_grad():
         ref = hf(torch.tensor(ids)).logits.numpy()
-    ours = np.asarray(export.load_student(tmp_path / "run")(jnp.asarray(ids, jnp.int32)))
+    ours = np.asarray(workdir_lib.load_student(tmp_path / "run")(jnp.asarray(ids, jnp.int32)))
     assert np.abs(ours - ref).max() / np.abs(ref).max() < 1e-5
 
     # eval reads the workdir directly (its tokenizer folder) and the trained model answers some sums.
@@ -121,7 +122,7 @@ def test_bad_input_is_named(tmp_path):
         validate_sft(dataclasses.replace(tiny_cfg(), data=dataclasses.replace(tiny_cfg().data, source="x.jsonl")))
     with pytest.raises(ConfigError, match="micro_batches"):
         validate_sft(tiny_cfg("--config.micro_batches=3"))
-    with pytest.raises(tcfg.ConfigError, match="batch_sz"):
+    with pytest.raises(config_loader.ConfigError, match="batch_sz"):
         tiny_cfg("--config.batch_sz=3")
     with pytest.raises(tasks.TaskError, match="digits"):
         sft.train(tiny_cfg("--config.data.difficulty.digits=0"), tmp_path / "run")

@@ -8,13 +8,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tipjax import config as tcfg, models, sampling, step as step_lib, train, train_config
+from tipjax import config_loader, config_schema, models, paper_variants, sampling, step as step_lib, train
 from tipjax.prompt_source import SyntheticPrompts
 
 
 def _tiny(variant, *overrides):
-    cfg = tcfg.to_dataclass(tcfg.load_config(f"configs/tiny.py:{variant}", list(overrides)), train_config.TrainConfig)
-    return dataclasses.replace(cfg, mesh=train_config.MeshSpec(1, 1, 1))
+    cfg = config_loader.to_dataclass(config_loader.load_config(f"configs/tiny.py:{variant}", list(overrides)), config_schema.TrainConfig)
+    return dataclasses.replace(cfg, mesh=config_schema.MeshSpec(1, 1, 1))
 
 
 def _rollout(model, n_new=12):
@@ -69,11 +69,11 @@ def test_micro_batches_with_different_kept_counts_equal_one_batch(variant, scope
         state = s.init_fn(s.student, jax.random.PRNGKey(0))
         # Precondition: the rows' response lengths, hence each micro-batch's kept counts, differ.
         lengths = np.asarray(s.rollout_fn(state, batch["prompt_ids"], batch["prompt_mask"]))
-        kept = np.floor(train_config.VARIANTS[variant][1] * lengths)
+        kept = np.floor(paper_variants.VARIANTS[variant][1] * lengths)
         per_part = [kept[j::4].sum() for j in range(4)]
         assert len(set(per_part)) > 1, per_part
         new_state, metrics = s.step_fn(state, s.teacher, batch["prompt_ids"], batch["prompt_mask"])
-        results[m] = (float(metrics["loss"]), jax.tree.leaves(new_state.params), metrics)
+        results[m] = (float(metrics["loss"]), jax.tree.leaves(new_state.model), metrics)
         assert float(metrics["logprob_gap_max"]) < 1e-4  # trainer and sampler agree on every drawn token
     np.testing.assert_allclose(results[4][0], results[1][0], rtol=1e-5)
     for key in ("n_kept", "kept_fraction", "q1", "q2", "q3", "q4", "rkl_kept"):  # whole-batch metrics

@@ -7,16 +7,16 @@ import jax
 import numpy as np
 import pytest
 
-from tipjax import config as tcfg, train, train_config
+from tipjax import config_loader, config_schema, train
 from tipjax.prompt_source import SyntheticPrompts
 
 SHORT = ("--config.rollout.temperature=0.0", "--config.rollout.max_new_tokens=16")
 
 
 def _config(variant, unit, micro_batches):
-    cfg = tcfg.to_dataclass(tcfg.load_config(f"configs/tiny.py:{variant}", [
-        *SHORT, f"--config.selection.options={{'unit': '{unit}'}}"]), train_config.TrainConfig)
-    return dataclasses.replace(cfg, mesh=train_config.MeshSpec(1, 1, 1), micro_batches=micro_batches)
+    cfg = config_loader.to_dataclass(config_loader.load_config(f"configs/tiny.py:{variant}", [
+        *SHORT, f"--config.selection.options={{'unit': '{unit}'}}"]), config_schema.TrainConfig)
+    return dataclasses.replace(cfg, mesh=config_schema.MeshSpec(1, 1, 1), micro_batches=micro_batches)
 
 
 @functools.lru_cache(maxsize=None)
@@ -26,7 +26,7 @@ def _step(variant, unit, micro_batches):
     state = s.init_fn(s.student, jax.random.PRNGKey(0))
     batch = next(SyntheticPrompts(cfg.data, cfg.prompts_per_step, 256))
     new_state, metrics = s.step_fn(state, s.teacher, batch["prompt_ids"], batch["prompt_mask"])
-    return jax.device_get(metrics), [np.asarray(x) for x in jax.tree.leaves(new_state.params)]
+    return jax.device_get(metrics), [np.asarray(x) for x in jax.tree.leaves(new_state.model)]
 
 
 @pytest.mark.parametrize("variant, unit, micro_batches", [

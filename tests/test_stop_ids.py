@@ -9,7 +9,7 @@ import numpy as np
 import transformers
 
 from fixtures_tokenizer import build_tokenizer, save_tiny_qwen3
-from tipjax import compat, config as tcfg, eval as tev, sampling, train, train_config
+from tipjax import config_loader, config_schema, eval as tev, sampling, tokenization, train
 
 
 def _greedy_tokens(folder, prompt_ids, n):
@@ -54,15 +54,15 @@ def test_training_and_eval_stop_at_a_second_generation_config_stop_id(tmp_path):
     loaded = tev.resolve_model(folder)
     assert second in loaded.eos_token_ids and config_eos in loaded.eos_token_ids
 
-    cfg = tcfg.to_dataclass(tcfg.load_config("configs/tiny.py", [
+    cfg = config_loader.to_dataclass(config_loader.load_config("configs/tiny.py", [
         f"--config.student.path={folder}", f"--config.teacher.path={folder}", "--config.rollout.temperature=0.0",
         "--config.rollout.max_new_tokens=12", "--config.rollout.samples_per_prompt=1", "--config.prompts_per_step=1",
-        f"--config.data.max_prompt_length={prompt.shape[1]}"]), train_config.TrainConfig)
-    cfg = dataclasses.replace(cfg, mesh=train_config.MeshSpec(1, 1, 1),
+        f"--config.data.max_prompt_length={prompt.shape[1]}"]), config_schema.TrainConfig)
+    cfg = dataclasses.replace(cfg, mesh=config_schema.MeshSpec(1, 1, 1),
                               student=dataclasses.replace(cfg.student, arch=None),
                               teacher=dataclasses.replace(cfg.teacher, arch=None))
     s = train.setup(cfg)
-    assert s.eos_ids == loaded.eos_token_ids == compat.stop_ids(folder, loaded.tokenizer)
+    assert s.eos_ids == loaded.eos_token_ids == tokenization.stop_ids(folder, loaded.tokenizer)
     state = s.init_fn(s.student, jax.random.PRNGKey(0))
     mask = np.ones_like(prompt)
     train_length = int(s.rollout_fn(state, prompt, mask)[0])

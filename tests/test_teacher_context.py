@@ -12,7 +12,7 @@ import pytest
 import torch
 import transformers
 
-from tipjax import config as tcfg, data, prompt_source, step as step_lib, teacher_context, train, train_config
+from tipjax import config_loader, config_schema, data, prompt_source, step as step_lib, teacher_context, train
 
 TEMPLATE = "{problem}\n\nA correct solution:\n{solution}\n\nNow solve it yourself."
 SYSTEM = "You are a patient teacher."
@@ -50,16 +50,16 @@ def config(assets, *overrides, context=True, source="model"):
     eos = (tokenizer.convert_tokens_to_ids("<|im_end|>"),)
     extra = [f"--config.data.teacher_template={TEMPLATE}", f"--config.data.teacher_system_prompt={SYSTEM}",
              f"--config.data.teacher_suffix={SUFFIX}", "--config.data.teacher_max_prompt_length=224"] if context else []
-    cfg = tcfg.to_dataclass(tcfg.load_config("configs/tiny.py:all", [
+    cfg = config_loader.to_dataclass(config_loader.load_config("configs/tiny.py:all", [
         f"--config.student.path={student}", f"--config.data.source={prompts}",
         "--config.data.max_prompt_length=112",
         "--config.rollout.temperature=0.0", "--config.rollout.max_new_tokens=8", "--config.rollout.samples_per_prompt=2",
         f"--config.rollout.eos_token_id={eos}", "--config.prompts_per_step=4", "--config.selection.chunk_size=16",
-        *extra, *overrides]), train_config.TrainConfig)
+        *extra, *overrides]), config_schema.TrainConfig)
     teacher_spec = dataclasses.replace(cfg.teacher, arch=None, path=teacher if source == "model" else None,
                                        source=source)
     return dataclasses.replace(cfg, student=dataclasses.replace(cfg.student, arch=None), teacher=teacher_spec,
-                               mesh=train_config.MeshSpec(1, 1, 1))
+                               mesh=config_schema.MeshSpec(1, 1, 1))
 
 
 def first_step(cfg, steps=1):
@@ -69,7 +69,7 @@ def first_step(cfg, steps=1):
     batch = next(prompt_source.make_prompt_source(cfg.data, cfg.prompts_per_step, tokenizer=s.tokenizer,
                                                   vocab_size=s.student.config.vocab_size))
     state0 = s.init_fn(s.student, jax.random.PRNGKey(0))
-    params0 = [np.asarray(x).copy() for x in jax.tree.leaves(state0.params)]
+    params0 = [np.asarray(x).copy() for x in jax.tree.leaves(state0.model)]
     arrays = [batch[k] for k in prompt_source.STEP_KEYS if k in batch]
     out, state = [], state0
     for _ in range(steps):
@@ -149,17 +149,17 @@ def test_a_teacher_prompt_equal_to_the_students_gives_the_step_without_context(a
     assert batch["teacher_prompt_ids"].shape[1] == 160 and "teacher_prompt_ids" not in ref
     np.testing.assert_array_equal(batch["teacher_prompt_ids"][:, -112:], batch["prompt_ids"])
     np.testing.assert_allclose(float(metrics["loss"]), float(ref_metrics["loss"]), rtol=1e-5)
-    for a, b in zip(jax.tree.leaves(ref_state.params), jax.tree.leaves(state.params)):
+    for a, b in zip(jax.tree.leaves(ref_state.model), jax.tree.leaves(state.model)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
 
 
 def test_bad_teacher_context_is_a_one_line_error_naming_the_key_or_row(assets, tmp_path):
     tokenizer, _, _, prompts = assets
-    with pytest.raises(tcfg.ConfigError, match=r"data.teacher_template.*\{0\} is not a field name"):
+    with pytest.raises(config_loader.ConfigError, match=r"data.teacher_template.*\{0\} is not a field name"):
         train.validate(config(assets, "--config.data.teacher_template={0}"))
-    with pytest.raises(tcfg.ConfigError, match="data.teacher_template"):
+    with pytest.raises(config_loader.ConfigError, match="data.teacher_template"):
         train.validate(config(assets, "--config.data.teacher_template={problem"))
-    with pytest.raises(tcfg.ConfigError, match="needs a prompt file"):
+    with pytest.raises(config_loader.ConfigError, match="needs a prompt file"):
         train.validate(config(assets, "--config.data.source=synthetic"))
     # A field the rows lack: named with the file and line, before any model loads (train() checks rows first).
     cfg = config(assets, "--config.data.teacher_template={problem} {hint}")

@@ -10,19 +10,19 @@ import pytest
 import torch
 import transformers
 
-from tipjax import config as tcfg, export, train, train_config
+from tipjax import config_loader, config_schema, export, paper_variants, train, workdir as workdir_lib
 from tipjax.metrics_log import read_metrics
 
 TINY = "configs/tiny.py"
 
 
 def tiny(variant=None, *overrides):
-    return tcfg.to_dataclass(tcfg.load_config(TINY + (f":{variant}" if variant else ""), list(overrides)),
-                             train_config.TrainConfig)
+    return config_loader.to_dataclass(config_loader.load_config(TINY + (f":{variant}" if variant else ""), list(overrides)),
+                             config_schema.TrainConfig)
 
 
 def one_device(cfg, **changes):
-    return dataclasses.replace(cfg, mesh=train_config.MeshSpec(data=1, fsdp=1, tensor=1), **changes)
+    return dataclasses.replace(cfg, mesh=config_schema.MeshSpec(data=1, fsdp=1, tensor=1), **changes)
 
 
 @pytest.mark.parametrize("variant", ["all", "soft_or50", "entropy50", "q3_20"])
@@ -33,7 +33,7 @@ def test_loss_falls_on_fresh_rollouts(tmp_path, variant):
     assert [r["step"] for r in rows] == list(range(1, 15))
     first, last = rows[0]["rkl_all"], np.mean([r["rkl_all"] for r in rows[-3:]])
     assert last < 0.75 * first, (variant, first, last)
-    expected_kept = train_config.VARIANTS[variant][1]
+    expected_kept = paper_variants.VARIANTS[variant][1]
     assert abs(rows[-1]["kept_fraction"] - expected_kept) < 0.1
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["14", "7"]
     timed = [r for r in rows if "rollout_tokens_per_s" in r]  # configs/tiny.py: timing_every = 10
@@ -84,18 +84,18 @@ def _greedy_baseline(variant):
 def test_step_layouts_equal_the_single_device_step(variant, change):
     base, (ref_state, ref_metrics) = _greedy_baseline(variant)
     if change == "mesh 2x2x2":
-        cfg = dataclasses.replace(base, mesh=train_config.MeshSpec(data=2, fsdp=2, tensor=2))
+        cfg = dataclasses.replace(base, mesh=config_schema.MeshSpec(data=2, fsdp=2, tensor=2))
     elif change == "micro_batches 4":
         cfg = one_device(base, micro_batches=4)
     else:
         cfg = one_device(base, rollout=dataclasses.replace(base.rollout, groups=4))
     state, metrics = _one_step(cfg)
     if change == "mesh 2x2x2":
-        spec = tuple(state.params.blocks.wq.sharding.spec)
+        spec = tuple(state.model.blocks.wq.sharding.spec)
         assert spec + (None,) * (4 - len(spec)) == (None, "fsdp", "tensor", None)  # layers, embed, q_heads, head_dim
     assert float(metrics["response_tokens"]) == float(ref_metrics["response_tokens"])
     np.testing.assert_allclose(float(metrics["loss"]), float(ref_metrics["loss"]), rtol=1e-5)
-    for a, b in zip(jax.tree.leaves(ref_state.params), jax.tree.leaves(state.params)):
+    for a, b in zip(jax.tree.leaves(ref_state.model), jax.tree.leaves(state.model)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
 
 
@@ -103,21 +103,21 @@ def test_non_finite_loss_skips_the_update():
     cfg = one_device(tiny("all"))
     s = train.setup(cfg)
     state = s.init_fn(s.student, jax.random.PRNGKey(0))
-    before = [np.asarray(x).copy() for x in jax.tree.leaves(state.params)]
+    before = [np.asarray(x).copy() for x in jax.tree.leaves(state.model)]
     poisoned = jax.tree.map(lambda x: jnp.full_like(x, jnp.nan), s.teacher)
     from tipjax.prompt_source import SyntheticPrompts
 
     batch = next(SyntheticPrompts(cfg.data, cfg.prompts_per_step, 256))
     state, metrics = s.step_fn(state, poisoned, batch["prompt_ids"], batch["prompt_mask"])
     assert int(metrics["skipped_update"]) == 1 and int(state.skipped) == 1 and int(state.step) == 1
-    for a, b in zip(before, jax.tree.leaves(state.params)):
+    for a, b in zip(before, jax.tree.leaves(state.model)):
         np.testing.assert_array_equal(a, np.asarray(b))
 
 
 def test_export_round_trip_through_transformers(tmp_path):
     cfg = one_device(tiny("soft_or50", "--config.total_steps=4", "--config.checkpoint.every=2"))
     train.train(cfg, tmp_path / "run")
-    student = export.load_student(tmp_path / "run")
+    student = workdir_lib.load_student(tmp_path / "run")
     export.main(["--workdir", str(tmp_path / "run"), "--out", str(tmp_path / "hf")])
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
     ids = np.random.default_rng(0).integers(0, 256, (2, 12))
@@ -126,7 +126,7 @@ def test_export_round_trip_through_transformers(tmp_path):
     ours = np.asarray(student(jnp.asarray(ids, jnp.int32)))
     assert np.abs(ours - ref).max() / np.abs(ref).max() < 1e-5
     # The exported weights are the step-4 weights, not the initial ones.
-    early = export.load_student(tmp_path / "run", step=2)
+    early = workdir_lib.load_student(tmp_path / "run", step=2)
     assert not np.array_equal(np.asarray(early.embed[...]), np.asarray(student.embed[...]))
 
 
@@ -135,10 +135,10 @@ def test_bad_input_fails_early_with_names(tmp_path):
         train.validate(tiny(None, "--config.selection.ratio=0.0"))
     with pytest.raises(ValueError, match="rule"):
         train.validate(tiny(None, "--config.selection.rule=top_entropy"))
-    with pytest.raises(tcfg.ConfigError, match="optim.lr"):
+    with pytest.raises(config_loader.ConfigError, match="optim.lr"):
         tiny(None, "--config.optim.lr=1e-3")
     cfg = tiny()
-    missing = dataclasses.replace(cfg, teacher=train_config.ModelSpec(path=str(tmp_path / "nope")))
+    missing = dataclasses.replace(cfg, teacher=config_schema.ModelSpec(path=str(tmp_path / "nope")))
     with pytest.raises(FileNotFoundError, match="teacher.path"):
         train.validate(missing)
     bigger_vocab = dict(cfg.teacher.arch, vocab_size=300)
@@ -159,14 +159,14 @@ def _tokenizer_folder(path, template):
 
 
 def test_chat_template_mismatch_is_an_error_before_compiling(tmp_path):
-    from tipjax import compat
+    from tipjax import tokenization
 
-    a = compat.load_tokenizer(_tokenizer_folder(tmp_path / "a", "{% for m in messages %}{{ m['content'] }}{% endfor %}"))
-    b = compat.load_tokenizer(_tokenizer_folder(tmp_path / "b", "{% for m in messages %}[{{ m['content'] }}]{% endfor %}"))
-    compat.check_tokenizers(a, a)
-    with pytest.raises(compat.IncompatibleModels, match="chat templates"):
-        compat.check_tokenizers(a, b)
-    assert compat.shared_vocab(151936, 152064, a) == len(a)
+    a = tokenization.load_tokenizer(_tokenizer_folder(tmp_path / "a", "{% for m in messages %}{{ m['content'] }}{% endfor %}"))
+    b = tokenization.load_tokenizer(_tokenizer_folder(tmp_path / "b", "{% for m in messages %}[{{ m['content'] }}]{% endfor %}"))
+    tokenization.check_tokenizers(a, a)
+    with pytest.raises(tokenization.IncompatibleModels, match="chat templates"):
+        tokenization.check_tokenizers(a, b)
+    assert tokenization.shared_vocab(151936, 152064, a) == len(a)
 
 
 def test_prompt_file_training_with_periodic_eval_and_eval_of_the_workdir(tmp_path):
@@ -192,7 +192,7 @@ def test_prompt_file_training_with_periodic_eval_and_eval_of_the_workdir(tmp_pat
     assert len(evals) == 1 and 0.0 <= evals[0]["eval/aime24/mean_at_n"] <= 1.0
     loaded = tev.resolve_model(tmp_path / "run")
     assert loaded.tokenizer.get_vocab() == tokenizer.get_vocab()
-    trained = export.load_student(tmp_path / "run")
+    trained = workdir_lib.load_student(tmp_path / "run")
     np.testing.assert_array_equal(np.asarray(loaded.model.embed[...]), np.asarray(trained.embed[...]))
     report = tev.evaluate(loaded.model, loaded.tokenizer, shared_data_dir() / "aime24.jsonl", n=1, limit=2,
                           max_new_tokens=8, batch_size=2, progress=False)

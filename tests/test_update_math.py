@@ -8,7 +8,7 @@ import numpy as np
 
 from tipjax import models, optim, sampling
 from tipjax.models import layers
-from tipjax.train_config import OptimSpec
+from tipjax.config_schema import OptimSpec
 
 
 def test_rms_norm_puts_eps_inside_the_square_root():
@@ -47,16 +47,16 @@ def test_skipped_update_keeps_params_and_optimizer_state():
     state = optim.init_state(params, jax.random.key(0), optimizer=optimizer)
     state, _ = optim.apply_update(state, jnp.float32(1.0), {"w": jnp.asarray([0.1, 0.2, -0.3])}, optimizer, schedule,
                                   rng=jax.random.key(1))
-    before = jax.tree.map(np.asarray, (state.params, state.opt_state))
+    before = jax.tree.map(np.asarray, (state.model, state.opt_state))
     bad = {"w": jnp.asarray([np.nan, 0.2, -0.3])}
     skipped, metrics = optim.apply_update(state, jnp.float32(1.0), bad, optimizer, schedule, rng=jax.random.key(2))
     assert int(metrics["skipped_update"]) == 1 and int(skipped.skipped_run) == 1
-    for got, want in zip(jax.tree.leaves((skipped.params, skipped.opt_state)), jax.tree.leaves(before)):
+    for got, want in zip(jax.tree.leaves((skipped.model, skipped.opt_state)), jax.tree.leaves(before)):
         np.testing.assert_array_equal(np.asarray(got), want)
     # The next finite update proceeds from clean moments.
     after, _ = optim.apply_update(skipped, jnp.float32(1.0), {"w": jnp.asarray([0.1, 0.2, -0.3])}, optimizer,
                                   schedule, rng=jax.random.key(3))
-    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves((after.params, after.opt_state)))
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves((after.model, after.opt_state)))
 
 
 def test_sampled_logprobs_are_under_the_unmodified_model_at_any_temperature():

@@ -8,7 +8,7 @@ import types
 
 import pytest
 
-from tipjax import config as tcfg, train, train_config
+from tipjax import config_loader, config_schema, train
 from tipjax.metrics_log import read_metrics
 
 
@@ -43,9 +43,9 @@ def fake_wandb(monkeypatch):
 
 
 def _tiny(*overrides):
-    cfg = tcfg.to_dataclass(tcfg.load_config("configs/tiny.py:all", [
-        "--config.rollout.max_new_tokens=8", "--config.timing_every=0", *overrides]), train_config.TrainConfig)
-    return dataclasses.replace(cfg, mesh=train_config.MeshSpec(1, 1, 1))
+    cfg = config_loader.to_dataclass(config_loader.load_config("configs/tiny.py:all", [
+        "--config.rollout.max_new_tokens=8", "--config.timing_every=0", *overrides]), config_schema.TrainConfig)
+    return dataclasses.replace(cfg, mesh=config_schema.MeshSpec(1, 1, 1))
 
 
 def test_wandb_receives_the_metrics_rows_config_and_eval_tables(tmp_path, fake_wandb):
@@ -83,9 +83,9 @@ def test_wandb_is_not_imported_unless_asked(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` now raises ImportError
     train.train(_tiny("--config.total_steps=1"), tmp_path)
     assert len(read_metrics(tmp_path)) == 1
-    with pytest.raises(tcfg.ConfigError, match=r"log.wandb_project='opd': wandb is not installed"):
+    with pytest.raises(config_loader.ConfigError, match=r"log.wandb_project='opd': wandb is not installed"):
         train.validate(_tiny("--config.log.wandb_project=opd"))
-    with pytest.raises(tcfg.ConfigError, match="log.wandb_mode"):
+    with pytest.raises(config_loader.ConfigError, match="log.wandb_mode"):
         train.validate(_tiny("--config.log.wandb_mode=cloud"))
 
 

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from tipjax import models, optim
-from tipjax.config import ConfigError
+from tipjax.config_loader import ConfigError
 
 
 def mesh_for(spec, n_devices: int):

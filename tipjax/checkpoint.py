@@ -13,6 +13,7 @@ sees, so leaving them would silently stop checkpointing until the run passed the
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import sys
@@ -23,8 +24,8 @@ import jax
 import orbax.checkpoint as ocp
 
 from tipjax.cli import UserError
-from tipjax.config import ConfigError
-from tipjax.train_config import CheckpointSpec
+from tipjax.config_loader import ConfigError
+from tipjax.config_schema import CheckpointSpec
 
 STATE, PROMPTS = "state", "prompts"
 UNREADABLE, SUPERSEDED = ".unreadable", ".superseded"  # suffixes of set-aside step folders
@@ -68,7 +69,8 @@ class Checkpointer:
         stray = [s for s in self.manager.all_steps() if s >= step and not self._complete(s)]
         if stray:
             self._set_aside(dict.fromkeys(stray, UNREADABLE))
-        args = ocp.args.Composite(**{STATE: ocp.args.StandardSave(state), PROMPTS: ocp.args.JsonSave(prompt_state)})
+        args = ocp.args.Composite(**{STATE: ocp.args.StandardSave(_to_disk(state)),
+                                     PROMPTS: ocp.args.JsonSave(prompt_state)})
         return self.manager.save(step, args=args, force=force)
 
     def should_save(self, step: int) -> bool:
@@ -81,20 +83,21 @@ class Checkpointer:
         step=N: exactly N, or a CheckpointError; newer steps are set aside as superseded. Either way the
         resumed run can then save its own checkpoints under the step numbers after the one restored.
         """
-        args = ocp.args.Composite(**{STATE: ocp.args.StandardRestore(abstract_state), PROMPTS: ocp.args.JsonRestore()})
+        args = ocp.args.Composite(**{STATE: ocp.args.StandardRestore(_to_disk(abstract_state)),
+                                     PROMPTS: ocp.args.JsonRestore()})
         step, restored, skipped = self._first_readable(step, lambda s: self.manager.restore(s, args=args))
         later = [s for s in self.manager.all_steps() if s > step]
         if later:
             self._set_aside({s: UNREADABLE if s in skipped else SUPERSEDED for s in later})
-        return Restored(step, restored[STATE], restored[PROMPTS])
+        return Restored(step, _from_disk(restored[STATE], abstract_state), restored[PROMPTS])
 
-    def restore_params(self, step: int | None, abstract_params: Any) -> tuple[int, Any]:
-        """(step, student parameters) for export and evaluation, without reading the optimizer state.
+    def restore_model(self, step: int | None, abstract_model: Any) -> tuple[int, Any]:
+        """(step, the trained model) for export and evaluation, without reading the optimizer state.
 
         Read-only: unreadable steps are skipped and logged as in `restore`, but left where they are.
         """
         # orbax stores the pytree as nested dicts keyed by attribute names; ask for that subtree only.
-        flat, treedef = jax.tree_util.tree_flatten_with_path(abstract_params)
+        flat, treedef = jax.tree_util.tree_flatten_with_path(abstract_model)
         target: dict = {}
         for path, leaf in flat:
             node = target
@@ -102,8 +105,8 @@ class Checkpointer:
             for name in names[:-1]:
                 node = node.setdefault(name, {})
             node[names[-1]] = leaf
-        args = ocp.args.PyTreeRestore(item={"params": target}, partial_restore=True,
-                                      restore_args=ocp.checkpoint_utils.construct_restore_args({"params": target}))
+        args = ocp.args.PyTreeRestore(item={_MODEL_ON_DISK: target}, partial_restore=True,
+                                      restore_args=ocp.checkpoint_utils.construct_restore_args({_MODEL_ON_DISK: target}))
 
         def read(candidate: int):
             # A checkpointer of its own: the manager binds each item to the handler of its first restore.
@@ -113,7 +116,7 @@ class Checkpointer:
         step, restored, _ = self._first_readable(step, read)
         leaves = []
         for path, _ in flat:
-            node = restored["params"]
+            node = restored[_MODEL_ON_DISK]
             for k in path:
                 node = node[_key_name(k)]
             leaves.append(node)
@@ -183,6 +186,24 @@ class Checkpointer:
         if jax.process_count() > 1:
             ocp.multihost.sync_global_processes(f"tipjax_set_aside_{next(_barriers)}")
         self.manager.reload()
+
+
+# On disk the trained model sits under "params", TrainState's field name before it was called `model`: runs that
+# earlier tipjax versions saved still resume, evaluate and export.
+_MODEL_ON_DISK = "params"
+
+
+def _to_disk(state: Any) -> Any:
+    """A TrainState as the dict orbax stores (field names, `model` as _MODEL_ON_DISK); other trees as they are."""
+    if not dataclasses.is_dataclass(state):
+        return state
+    return {_MODEL_ON_DISK if f.name == "model" else f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
+
+
+def _from_disk(tree: Any, like: Any) -> Any:
+    if not dataclasses.is_dataclass(like):
+        return tree
+    return type(like)(**{f.name: tree[_MODEL_ON_DISK if f.name == "model" else f.name] for f in dataclasses.fields(like)})
 
 
 def _quiet_abandoned_reads() -> None:

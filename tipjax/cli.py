@@ -46,13 +46,13 @@ class UsageError(UserError):
 # imports and no import cycles.
 USER_ERRORS: tuple[tuple[str, str, int], ...] = (
     ("tipjax.cli", "UsageError", 2),
-    ("tipjax.config", "ConfigError", 2),
+    ("tipjax.config_loader", "ConfigError", 2),
     ("tipjax.loop", "WorkdirMismatch", 2),
     ("tipjax.tasks.task", "TaskError", 2),
     ("argparse", "ArgumentError", 2),
     ("tipjax.cli", "UserError", 1),
     ("tipjax.data", "PromptFileError", 1),
-    ("tipjax.compat", "IncompatibleModels", 1),
+    ("tipjax.tokenization", "IncompatibleModels", 1),
     ("tipjax.loop", "NonFiniteTraining", 1),
     ("builtins", "FileNotFoundError", 1),
     ("builtins", "FileExistsError", 1),

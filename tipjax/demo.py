@@ -33,7 +33,7 @@ from pathlib import Path
 
 from tipjax import tasks
 from tipjax.tasks import tokenizer as task_tokenizer
-from tipjax.train_config import EvalSpec
+from tipjax.config_schema import EvalSpec
 
 TASK = "arithmetic"
 DIFFICULTY = {"steps": 3, "digits": 1}          # "Compute 6+7-5+9." -> "6+7=13. 13-5=8. 8+9=17. \boxed{17}"
@@ -60,8 +60,8 @@ SIZES = {
 
 
 def sft_config(role: str, size: str = "full"):
-    """The ConfigDict of the SFT run that builds the demo's teacher or student (tipjax.train_config.SFTConfig)."""
-    from tipjax.train_config import SFTConfig, config_dict
+    """The ConfigDict of the SFT run that builds the demo's teacher or student (tipjax.config_schema.SFTConfig)."""
+    from tipjax.config_schema import SFTConfig, config_dict
 
     architecture, steps, batch, lr = SIZES[size][role]
     c = config_dict(SFTConfig)
@@ -146,8 +146,8 @@ def build(size: str = "full", *, eval_spec=None) -> dict[str, Path]:
 
 def _build_model(role: str, size: str, out: Path) -> None:
     from tipjax import export, sft
-    from tipjax.config import to_dataclass
-    from tipjax.train_config import SFTConfig
+    from tipjax.config_loader import to_dataclass
+    from tipjax.config_schema import SFTConfig
 
     cfg = to_dataclass(copy.deepcopy(sft_config(role, size)), SFTConfig)
     workdir = out.parent / "runs" / out.name

@@ -32,8 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from tipjax import config as tcfg
-from tipjax import cli, compat, data, sampling
+from tipjax import cli, config_loader, data, sampling, tokenization
 from tipjax.data import PromptOptions
 from tipjax.grading import grade
 
@@ -80,19 +79,17 @@ def resolve_model(path: str | Path, dtype=jnp.float32) -> LoadedModel:
     """
     from transformers import AutoTokenizer  # heavy import, only needed by the CLI path
 
-    from tipjax import models
-
-    from tipjax import export
+    from tipjax import models, workdir as workdir_lib
 
     path = Path(path)
-    if export.is_workdir(path):
+    if workdir_lib.is_workdir(path):
         # A training run: its latest checkpoint's student, with the tokenizer of the folder it started from.
-        model = export.load_student(path, dtype=dtype)
+        model = workdir_lib.load_student(path, dtype=dtype)
         source = model.config.source_dir
         if source is None:
             raise cli.UserError(f"the run's student had no Hugging Face folder, so no tokenizer", "--model")
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
-        eos = compat.stop_ids(source, tokenizer, model.config.eos_token_id)
+        eos = tokenization.stop_ids(source, tokenizer, model.config.eos_token_id)
         _check_vocabulary(tokenizer, eos, model.config.vocab_size, path)
         return LoadedModel(model, tokenizer, eos)
     if not (path / "config.json").is_file():
@@ -103,14 +100,14 @@ def resolve_model(path: str | Path, dtype=jnp.float32) -> LoadedModel:
         raise cli.UserError(f"config.json is not valid JSON ({err})", path / "config.json") from None
     tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
     vocab = hf_config.get("vocab_size", hf_config.get("text_config", {}).get("vocab_size"))
-    eos = compat.stop_ids(path, tokenizer, None)
+    eos = tokenization.stop_ids(path, tokenizer, None)
     if isinstance(vocab, int):  # before any weights load
         _check_vocabulary(tokenizer, eos, vocab, path)
     try:
         model = models.load_hf(str(path), dtype=dtype)
     except ValueError as err:  # load_hf's errors name the file or tensor: a bad folder, not a bug
         raise cli.UserError(f"cannot load the model: {err}", "--model") from err
-    eos = compat.stop_ids(path, tokenizer, model.config.eos_token_id)
+    eos = tokenization.stop_ids(path, tokenizer, model.config.eos_token_id)
     _check_vocabulary(tokenizer, eos, model.config.vocab_size, path)
     return LoadedModel(model, tokenizer, eos)
 
@@ -392,10 +389,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: Sequence[str]) -> EvalConfig:
     """Command line -> EvalConfig: the --config file (if any), its overrides, then explicit flags."""
-    spec, overrides, rest = tcfg.split_config_args(argv)
+    spec, overrides, rest = config_loader.split_config_args(argv)
     if overrides and not spec:
-        raise tcfg.ConfigError(f"{overrides[0]} needs --config=FILE")
-    cfg = tcfg.to_dataclass(tcfg.load_config(spec, overrides), EvalConfig) if spec else EvalConfig()
+        raise config_loader.ConfigError(f"{overrides[0]} needs --config=FILE")
+    cfg = config_loader.to_dataclass(config_loader.load_config(spec, overrides), EvalConfig) if spec else EvalConfig()
     flags = {k: v for k, v in vars(_parser().parse_args(rest)).items() if v is not None}
     if "data" in flags:
         flags["data"], flags["data_dir"] = tuple(flags["data"]), ""

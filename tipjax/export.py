@@ -19,52 +19,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 
-from tipjax import cli, models
-from tipjax.checkpoint import Checkpointer
-from tipjax.train_config import CheckpointSpec
+from tipjax import cli, models, workdir as workdir_lib
 
 MARKER = "tipjax_export.json"
 
 
 class ExportError(cli.UserError):
     """The export target or source is unusable; nothing was written."""
-
-
-def is_workdir(path: str | Path) -> bool:
-    return (Path(path) / "student_config.json").is_file() and (Path(path) / "checkpoints").is_dir()
-
-
-def _check_workdir(workdir: Path) -> None:
-    if not is_workdir(workdir):
-        raise ExportError("not a tipjax workdir (no student_config.json and checkpoints/)", workdir)
-
-
-def load_student(workdir: str | Path, step: int | None = None, dtype=None) -> models.Decoder:
-    """The student of a training run at `step` (default: the newest readable checkpoint), on one device."""
-    return restore_student(workdir, step, dtype)[1]
-
-
-def restore_student(workdir: str | Path, step: int | None = None, dtype=None) -> tuple[int, models.Decoder]:
-    """(the step restored, the student); see load_student."""
-    workdir = Path(workdir)
-    _check_workdir(workdir)
-    run = json.loads((workdir / "run.json").read_text()) if (workdir / "run.json").is_file() else {}
-    hf_config = json.loads((workdir / "student_config.json").read_text())
-    cfg = models.ModelConfig.from_hf_dict(hf_config, param_dtype=hf_config.get("torch_dtype", "float32"),
-                                          source_dir=run.get("student_path"))
-    checkpoints = Checkpointer(workdir / "checkpoints", CheckpointSpec(async_save=False))
-    try:
-        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), models.abstract(cfg))
-        step, params = checkpoints.restore_params(step, target)
-    finally:
-        checkpoints.close()
-    if dtype is not None:
-        params = jax.tree.map(lambda x: x.astype(dtype), params)
-    return step, params
 
 
 def check_target(out: str | Path, workdir: str | Path, *, overwrite: bool) -> Path:
@@ -94,9 +57,9 @@ def export(workdir: str | Path, out: str | Path, *, step: int | None = None, ove
            dtype: str | None = None, max_shard_size: str | int = "5GB") -> tuple[Path, int]:
     """Writes the run's student to `out`; returns (out, the checkpoint step exported)."""
     workdir = Path(workdir)
-    _check_workdir(workdir)
+    workdir_lib.check(workdir, ExportError)
     out = check_target(out, workdir, overwrite=overwrite)
-    step, student = restore_student(workdir, step)
+    step, student = workdir_lib.restore_student(workdir, step)
     out.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.tipjax-export-", dir=out.parent))
     try:

@@ -18,11 +18,9 @@ import jax
 
 from tipjax import checkpoint as ckpt_lib
 from tipjax import metrics_log
+from tipjax.workdir import CHECKPOINTS, RUN_FILE
 
 log = logging.getLogger("tipjax.loop")
-
-RUN_FILE = "run.json"
-
 
 class WorkdirMismatch(ValueError):
     """A workdir holds a run of another configuration."""
@@ -43,7 +41,7 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 def check_identity(workdir: Path, identity: dict, *, resume: bool) -> None:
     """Fails, naming the differing keys, when `workdir` holds a run whose identity differs from this one."""
     path = workdir / RUN_FILE
-    has_checkpoints = (workdir / "checkpoints").is_dir() and any((workdir / "checkpoints").iterdir())
+    has_checkpoints = (workdir / CHECKPOINTS).is_dir() and any((workdir / CHECKPOINTS).iterdir())
     if not resume and has_checkpoints:
         raise WorkdirMismatch(f"--workdir {workdir} already holds checkpoints and resume=False; use a new --workdir")
     if not path.is_file():

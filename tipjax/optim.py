@@ -15,13 +15,13 @@ import jax.numpy as jnp
 import optax
 
 from tipjax import rows
-from tipjax.train_config import OptimSpec
+from tipjax.config_schema import OptimSpec
 
 
 @flax.struct.dataclass
 class TrainState:
     step: jax.Array        # [] int32: updates attempted so far
-    params: Any            # the trained models.Decoder (its parameters are the optimised leaves)
+    model: Any             # the trained models.Decoder (its parameters are the optimised leaves)
     opt_state: Any
     rng: jax.Array
     skipped: jax.Array     # [] int32: updates skipped because loss or gradients were not finite
@@ -55,7 +55,7 @@ def build_optimizer(spec: OptimSpec, total_steps: int) -> optax.GradientTransfor
 
 def init_state(params, rng: jax.Array, *, optimizer: optax.GradientTransformation) -> TrainState:
     zero = jnp.zeros((), jnp.int32)
-    return TrainState(step=zero, params=params, opt_state=optimizer.init(params), rng=rng, skipped=zero,
+    return TrainState(step=zero, model=params, opt_state=optimizer.init(params), rng=rng, skipped=zero,
                       skipped_run=zero)
 
 
@@ -69,7 +69,7 @@ def state_shardings(params, optimizer: optax.GradientTransformation, mesh) -> Tr
     abstract_opt = jax.eval_shape(optimizer.init, params)
     opt_shardings = optax.tree_map_params(optimizer, lambda _, sharding: sharding, abstract_opt, param_shardings,
                                           transform_non_params=lambda _: replicated)
-    return TrainState(step=replicated, params=param_shardings, opt_state=opt_shardings, rng=replicated,
+    return TrainState(step=replicated, model=param_shardings, opt_state=opt_shardings, rng=replicated,
                       skipped=replicated, skipped_run=replicated)
 
 
@@ -112,7 +112,7 @@ def apply_update(state: TrainState, loss: jax.Array, grads, optimizer: optax.Gra
                  schedule: optax.Schedule, *, rng: jax.Array):
     """Clip + AdamW; a non-finite loss or gradient skips the whole update (counted, and the run of consecutive
     skips is kept so the driver can stop a run that no longer learns). Returns (new state, update metrics)."""
-    params = state.params
+    params = state.model
     grad_norm = tree_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = optimizer.update(grads, state.opt_state, params)
@@ -120,7 +120,7 @@ def apply_update(state: TrainState, loss: jax.Array, grads, optimizer: optax.Gra
     new_params = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_params, params)
     opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), opt_state, state.opt_state)
     skip = (~finite).astype(jnp.int32)
-    new_state = TrainState(step=state.step + 1, params=new_params, opt_state=opt_state, rng=rng,
+    new_state = TrainState(step=state.step + 1, model=new_params, opt_state=opt_state, rng=rng,
                            skipped=state.skipped + skip, skipped_run=jnp.where(finite, 0, state.skipped_run + 1))
     metrics = dict(
         loss=loss, grad_norm=grad_norm, param_norm=tree_norm(new_params),

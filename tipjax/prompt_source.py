@@ -14,7 +14,7 @@ import jax
 import numpy as np
 
 from tipjax import data, teacher_context
-from tipjax.train_config import DataSpec
+from tipjax.config_schema import DataSpec
 
 
 # What the step reads from a batch; the teacher's keys only when data.teacher_* asks for teacher-only context.

@@ -27,17 +27,18 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from tipjax import build, cli, compat, models, optim, sft_data, tasks
+from tipjax import build, cli, models, optim, sft_data, tasks, tokenization
 from tipjax import step as step_lib
-from tipjax.train_config import SFTConfig, describe, validate_sft
+from tipjax.config_checks import validate_sft
+from tipjax.config_schema import SFTConfig, describe
 
 log = logging.getLogger("tipjax.sft")
 
 
 def load_config(spec: str, overrides=()) -> SFTConfig:
-    from tipjax import config as tcfg
+    from tipjax import config_loader
 
-    return tcfg.to_dataclass(tcfg.load_config(spec, overrides), SFTConfig)
+    return config_loader.to_dataclass(config_loader.load_config(spec, overrides), SFTConfig)
 
 
 # --- the step ---------------------------------------------------------------------------------------------
@@ -63,7 +64,7 @@ def build_step(optimizer, schedule, *, micro_batches: int = 1, split_sharding=No
 
     def step(state: optim.TrainState, tokens, seq_mask, loss_mask):
         batch = dict(tokens=tokens, seq_mask=seq_mask, loss_mask=loss_mask)
-        loss, grads, parts, n = optim.accumulate(token_loss, state.params, batch, micro_batches,
+        loss, grads, parts, n = optim.accumulate(token_loss, state.model, batch, micro_batches,
                                                  split_sharding=split_sharding, param_shardings=param_shardings)
         rng, _ = jax.random.split(state.rng)
         new_state, metrics = optim.apply_update(state, loss, grads, optimizer, schedule, rng=rng)
@@ -91,7 +92,7 @@ def load_tokenizer(cfg: SFTConfig):
     """(tokenizer, its folder or None for a task tokenizer not yet saved): tokenizer, else student.path, else task."""
     folder = cfg.tokenizer or cfg.student.path
     if folder is not None:
-        tokenizer = compat.load_tokenizer(folder)
+        tokenizer = tokenization.load_tokenizer(folder)
         if tokenizer is None:
             raise FileNotFoundError(f"{folder}: no tokenizer files (set tokenizer=<HF folder>)")
         return tokenizer, folder
@@ -103,16 +104,16 @@ def setup(cfg: SFTConfig) -> Setup:
     tokenizer, tokenizer_dir = load_tokenizer(cfg)
     config = build.model_config(cfg.student, "student")
     if len(tokenizer) > config.vocab_size:
-        raise compat.IncompatibleModels(f"the tokenizer has {len(tokenizer)} tokens but the student's embedding "
+        raise tokenization.IncompatibleModels(f"the tokenizer has {len(tokenizer)} tokens but the student's embedding "
                                         f"table {config.vocab_size} rows")
     student = build.model(cfg.student, mesh, abstract=False, name="student")
     opt = build.Optimization(cfg.optim, cfg.total_steps, student, mesh)
     batch = models.batch_sharding(mesh)
     step = build_step(opt.optimizer, opt.schedule, micro_batches=cfg.micro_batches,
-                      split_sharding=build.split_sharding(mesh), param_shardings=opt.state_shardings.params)
+                      split_sharding=build.split_sharding(mesh), param_shardings=opt.state_shardings.model)
     step_fn = jax.jit(step, in_shardings=(opt.state_shardings, batch, batch, batch),
                       out_shardings=(opt.state_shardings, None), donate_argnums=(0,))
-    eos = compat.stop_ids(tokenizer_dir or cfg.student.path, tokenizer, config.eos_token_id)
+    eos = tokenization.stop_ids(tokenizer_dir or cfg.student.path, tokenizer, config.eos_token_id)
     return Setup(mesh, student, tokenizer, tokenizer_dir, step_fn, opt, batch, eos)
 
 
@@ -126,7 +127,7 @@ def run_identity(cfg: SFTConfig) -> dict:
 # --- the training loop -------------------------------------------------------------------------------------
 
 def train(cfg: SFTConfig, workdir: str | Path, *, max_steps: int = 0, resume_step: int | None = None) -> dict:
-    from tipjax import checkpoint as ckpt_lib, loop, metrics_log, train as opd
+    from tipjax import checkpoint as ckpt_lib, loop, metrics_log, train as opd, workdir as workdir_lib
 
     validate_sft(cfg)
     workdir = Path(workdir)
@@ -138,7 +139,7 @@ def train(cfg: SFTConfig, workdir: str | Path, *, max_steps: int = 0, resume_ste
              batches.per_epoch)
 
     workdir.mkdir(parents=True, exist_ok=True)
-    checkpoints = ckpt_lib.Checkpointer(workdir / "checkpoints", cfg.checkpoint)
+    checkpoints = ckpt_lib.Checkpointer(workdir / workdir_lib.CHECKPOINTS, cfg.checkpoint)
     state, batch_state, restored = loop.restore_or_init(
         checkpoints, s.optimization.abstract_state(),
         lambda: s.optimization.init_fn(s.student, jax.random.PRNGKey(cfg.seed)), step=resume_step)
@@ -153,8 +154,8 @@ def train(cfg: SFTConfig, workdir: str | Path, *, max_steps: int = 0, resume_ste
     if primary:
         loop.write_metadata(workdir, {
             "config.txt": describe(cfg) + "\n",
-            "student_config.json": json.dumps(s.student.config.to_hf_dict(), indent=1),
-            loop.RUN_FILE: json.dumps({"student_path": tokenizer_dir, "identity": run_identity(cfg)})})
+            workdir_lib.STUDENT_CONFIG: json.dumps(s.student.config.to_hf_dict(), indent=1),
+            workdir_lib.RUN_FILE: json.dumps({"student_path": tokenizer_dir, "identity": run_identity(cfg)})})
     del s.student  # the state owns the parameters from here on
 
     logbook = metrics_log.MetricsLog(workdir, enabled=primary, resume_step=restored or 0)
@@ -168,7 +169,7 @@ def train(cfg: SFTConfig, workdir: str | Path, *, max_steps: int = 0, resume_ste
 
     def evaluate(step, state):
         if cfg.eval.every and (step % cfg.eval.every == 0 or step == end):
-            return opd.periodic_eval(cfg, state.params, s)
+            return opd.periodic_eval(cfg, state.model, s)
         return {}
 
     try:
@@ -182,9 +183,9 @@ def train(cfg: SFTConfig, workdir: str | Path, *, max_steps: int = 0, resume_ste
 
 
 def _command(argv: list[str]) -> None:
-    from tipjax import config as tcfg
+    from tipjax import config_loader
 
-    spec, overrides, rest = tcfg.split_config_args(argv)
+    spec, overrides, rest = config_loader.split_config_args(argv)
     parser = cli.ArgumentParser(prog="python -m tipjax.sft", description=__doc__.split("\n")[2])
     parser.add_argument("--workdir", required=True, help="checkpoints, metrics.jsonl, run.json, tokenizer/")
     parser.add_argument("--max_steps", type=int, default=0, help="stop after this many steps in this process")

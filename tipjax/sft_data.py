@@ -20,7 +20,7 @@ import jax
 import numpy as np
 
 from tipjax import data, tasks
-from tipjax.train_config import SFTDataSpec
+from tipjax.config_schema import SFTDataSpec
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ class SFTBatches:
     """
 
     def __init__(self, sft_set: SFTSet, batch_size: int, seed: int):
-        from tipjax.config import ConfigError
+        from tipjax.config_loader import ConfigError
 
         if len(sft_set) < batch_size:
             raise ConfigError(f"batch_size={batch_size}: more than the {len(sft_set)} usable SFT pairs")

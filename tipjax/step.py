@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import optax
 
 from tipjax import models, optim, rows, sampling, schedule, selection
-from tipjax.train_config import RolloutSpec, SelectionSpec
+from tipjax.config_schema import RolloutSpec, SelectionSpec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,7 +98,7 @@ def build_rollout(settings: StepSettings) -> Callable:
 
     def rollout(state: optim.TrainState, prompt_ids: jax.Array, prompt_mask: jax.Array) -> jax.Array:
         _, roll_key, _ = jax.random.split(state.rng, 3)
-        return _rollout(settings, state.params, prompt_ids, prompt_mask, roll_key).lengths
+        return _rollout(settings, state.model, prompt_ids, prompt_mask, roll_key).lengths
 
     return rollout
 
@@ -224,7 +224,7 @@ def build_step(settings: StepSettings, optimizer: optax.GradientTransformation,
     def step(state: optim.TrainState, teacher, prompt_ids: jax.Array, prompt_mask: jax.Array,
              teacher_prompt_ids: jax.Array | None = None, teacher_prompt_mask: jax.Array | None = None):
         rng, roll_key, select_key = jax.random.split(state.rng, 3)
-        params = state.params
+        params = state.model
         prompt_len = prompt_ids.shape[1]
         if settings.teacher_source == "student":
             # Self-distillation: the current student is the teacher (its forward is under stop_gradient below).

@@ -3,7 +3,7 @@
 The student samples a response to its own prompt; the teacher scores that same response after a prompt of
 its own: an optional system message, and the user message with a prefix and suffix around it, its problem
 text replaced by a template over the row's fields (e.g. the reference solution). The teacher prompt goes
-through the same tokenizer and chat template (compat.check_tokenizers makes them one), is left padded to its
+through the same tokenizer and chat template (tokenization.check_tokenizers makes them one), is left padded to its
 own bucket (data.teacher_max_prompt_length), and the step appends the sampled response tokens to it: the
 teacher's response-predicting positions are then the student's, whatever the two prompt lengths.
 """

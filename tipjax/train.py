@@ -13,7 +13,6 @@ shards and its slice of the prompts. See docs/training.md.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
 import math
@@ -23,20 +22,20 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from absl import logging as absl_logging
 
-from tipjax import build, cli, compat, models, teacher_context
+from tipjax import build, cli, models, teacher_context, tokenization
 from tipjax import step as step_lib
-from tipjax.train_config import teacher_source, validate
+from tipjax.config_checks import validate
+from tipjax.config_schema import teacher_source
 
 log = logging.getLogger("tipjax.train")
 
 
 def parse_args(argv):
-    from tipjax import config as tcfg
+    from tipjax import config_loader
 
-    spec, overrides, rest = tcfg.split_config_args(argv)
+    spec, overrides, rest = config_loader.split_config_args(argv)
     parser = cli.ArgumentParser(prog="python -m tipjax.train", description=__doc__.split("\n")[2])
     parser.add_argument("--workdir", help="checkpoints, metrics.jsonl, TensorBoard events, exported config")
     parser.add_argument("--dry_run", action="store_true",
@@ -64,10 +63,10 @@ def parse_args(argv):
 # --- set-up: config, mesh, models -----------------------------------------------------------------------
 
 def load_train_config(spec: str, overrides):
-    from tipjax import config as tcfg
-    from tipjax.train_config import TrainConfig
+    from tipjax import config_loader
+    from tipjax.config_schema import TrainConfig
 
-    return tcfg.to_dataclass(tcfg.load_config(spec, overrides), TrainConfig)
+    return config_loader.to_dataclass(config_loader.load_config(spec, overrides), TrainConfig)
 
 
 @dataclasses.dataclass
@@ -100,7 +99,7 @@ def rollout_stop_ids(cfg, tokenizer, student_config) -> tuple[int, ...]:
     """rollout.eos_token_id when set, else the student folder's stop ids (the same policy as tipjax.eval)."""
     if cfg.rollout.eos_token_id:
         return tuple(int(e) for e in cfg.rollout.eos_token_id)
-    return compat.stop_ids(cfg.student.path, tokenizer, student_config.eos_token_id)
+    return tokenization.stop_ids(cfg.student.path, tokenizer, student_config.eos_token_id)
 
 
 def teacher_model_spec(cfg):
@@ -113,15 +112,15 @@ def teacher_model_spec(cfg):
 def setup(cfg, *, abstract: bool = False) -> Setup:
     mesh = build.mesh_for(cfg.mesh, jax.device_count())
     # Tokenizers and vocabularies first: a mismatch is an error before any weights load or compile.
-    student_tok = compat.load_tokenizer(cfg.data.tokenizer or cfg.student.path)
+    student_tok = tokenization.load_tokenizer(cfg.data.tokenizer or cfg.student.path)
     t_spec = teacher_model_spec(cfg)
     s_cfg = build.model_config(cfg.student, "student")
     if t_spec is cfg.teacher:
-        compat.check_tokenizers(student_tok, compat.load_tokenizer(cfg.teacher.path))
+        tokenization.check_tokenizers(student_tok, tokenization.load_tokenizer(cfg.teacher.path))
         t_cfg = build.model_config(cfg.teacher, "teacher")
     else:
         t_cfg = s_cfg
-    vocab = compat.shared_vocab(s_cfg.vocab_size, t_cfg.vocab_size, student_tok, shapes_only=abstract)
+    vocab = tokenization.shared_vocab(s_cfg.vocab_size, t_cfg.vocab_size, student_tok, shapes_only=abstract)
     eos = rollout_stop_ids(cfg, student_tok, s_cfg)
     student = build.model(cfg.student, mesh, abstract=abstract, name="student")
     teacher = None if t_spec is None else build.model(t_spec, mesh, abstract=abstract, name="teacher")
@@ -132,7 +131,7 @@ def setup(cfg, *, abstract: bool = False) -> Setup:
         sampling_shardings = models.model_shardings(student, mesh, models.SAMPLING_RULES)
     settings = step_lib.StepSettings(rollout=cfg.rollout, selection=cfg.selection, eos_ids=eos, vocab=vocab,
                                      micro_batches=cfg.micro_batches, sampling_shardings=sampling_shardings,
-                                     param_shardings=opt.state_shardings.params,
+                                     param_shardings=opt.state_shardings.model,
                                      split_sharding=build.split_sharding(mesh),
                                      teacher_source=teacher_source(cfg), total_steps=cfg.total_steps)
     batch = models.batch_sharding(mesh)
@@ -226,7 +225,7 @@ def logprob_gap_limit(compute_dtype: str) -> float:
 
 
 def train(cfg, workdir: str | Path, *, max_steps: int = 0, resume_step: int | None = None) -> dict:
-    from tipjax import checkpoint as ckpt_lib, loop, metrics_log, prompt_source, train_config
+    from tipjax import checkpoint as ckpt_lib, config_schema, loop, metrics_log, prompt_source, workdir as workdir_lib
 
     cfg = prepare(cfg)
     validate(cfg, prepared=True)
@@ -242,7 +241,7 @@ def train(cfg, workdir: str | Path, *, max_steps: int = 0, resume_step: int | No
                                               vocab_size=s.student.config.vocab_size, avoid_ids=s.eos_ids)
 
     workdir.mkdir(parents=True, exist_ok=True)
-    checkpoints = ckpt_lib.Checkpointer(workdir / "checkpoints", cfg.checkpoint)
+    checkpoints = ckpt_lib.Checkpointer(workdir / workdir_lib.CHECKPOINTS, cfg.checkpoint)
     state, prompt_state, restored = loop.restore_or_init(
         checkpoints, s.abstract_state(), lambda: s.init_fn(s.student, jax.random.PRNGKey(cfg.seed)),
         step=resume_step)
@@ -250,9 +249,9 @@ def train(cfg, workdir: str | Path, *, max_steps: int = 0, resume_step: int | No
         source.set_state(prompt_state)
     if primary:  # only now: a failed restore must not leave metadata of another run behind
         loop.write_metadata(workdir, {
-            "config.txt": train_config.describe(cfg) + "\n",
-            "student_config.json": json.dumps(s.student.config.to_hf_dict(), indent=1),
-            loop.RUN_FILE: json.dumps({"student_path": cfg.student.path, "identity": run_identity(cfg)})})
+            "config.txt": config_schema.describe(cfg) + "\n",
+            workdir_lib.STUDENT_CONFIG: json.dumps(s.student.config.to_hf_dict(), indent=1),
+            workdir_lib.RUN_FILE: json.dumps({"student_path": cfg.student.path, "identity": run_identity(cfg)})})
     del s.student  # the state owns the student's parameters from here on
 
     sinks = []
@@ -262,7 +261,7 @@ def train(cfg, workdir: str | Path, *, max_steps: int = 0, resume_step: int | No
         sinks.append(wandb_log.WandbSink(cfg.log, workdir, config=dataclasses.asdict(cfg)))
     logbook = metrics_log.MetricsLog(workdir, enabled=primary, resume_step=restored or 0, sinks=sinks)
     if cfg.eval.at_start and restored is None:  # the untrained student, as step 0 of metrics.jsonl
-        logbook.write(0, periodic_eval(cfg, state.params, s))
+        logbook.write(0, periodic_eval(cfg, state.model, s))
     start = int(state.step)
     end = cfg.total_steps if not max_steps else min(cfg.total_steps, start + max_steps)
     rollout_compiled = []
@@ -287,7 +286,7 @@ def train(cfg, workdir: str | Path, *, max_steps: int = 0, resume_step: int | No
 
     def evaluate(step, state):
         if (cfg.eval.every and step % cfg.eval.every == 0) or (cfg.eval.at_start and step == cfg.total_steps):
-            return periodic_eval(cfg, state.params, s)
+            return periodic_eval(cfg, state.model, s)
         return {}
 
     warned = []
@@ -378,7 +377,7 @@ def periodic_eval(cfg, student, s: Setup) -> dict:
 
 def check_batch_split(cfg, n_devices: int, n_processes: int = 1) -> None:
     """prompts_per_step must split evenly over the processes and over the mesh's batch axes (data x fsdp)."""
-    from tipjax.config import ConfigError
+    from tipjax.config_loader import ConfigError
 
     m = cfg.mesh
     split = (m.data if m.data > 0 else max(n_devices // (m.fsdp * m.tensor), 1)) * m.fsdp
@@ -410,7 +409,7 @@ def main(argv=None) -> None:
         jax.distributed.initialize(**{k: v for k, v in explicit.items() if v is not None})
     check_batch_split(cfg, jax.device_count(), jax.process_count())
     if jax.process_index() == 0:
-        from tipjax.train_config import describe
+        from tipjax.config_schema import describe
 
         print(describe(cfg))
     if args.dry_run:
