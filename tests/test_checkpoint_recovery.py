@@ -189,3 +189,30 @@ def test_keep_must_be_at_least_one(tmp_path):
     checkpoints = Checkpointer(tmp_path / "checkpoints", CheckpointSpec(keep=1))
     assert checkpoints.all_steps() == [30]
     checkpoints.close()
+
+
+def test_a_train_state_is_stored_under_the_names_earlier_versions_wrote(tmp_path):
+    """TrainState.model is saved as "params" (its old field name): a run saved before the rename resumes, and
+    one saved now restores into TrainState and into restore_model alike."""
+    from tipjax.optim import TrainState
+
+    old = _state(10)  # the dict an earlier tipjax wrote: the model under "params"
+    old_layout = dict(step=old["step"], params=old["params"], opt_state=old["opt"], rng=old["rng"],
+                      skipped=jnp.int32(1), skipped_run=jnp.int32(0))
+    checkpoints = Checkpointer(tmp_path / "checkpoints", CheckpointSpec(keep=5, async_save=False))
+    checkpoints.save(10, old_layout, _prompts(10))
+    new = TrainState(step=jnp.int32(20), model=_state(20)["params"], opt_state=_state(20)["opt"],
+                     rng=_state(20)["rng"], skipped=jnp.int32(2), skipped_run=jnp.int32(1))
+    checkpoints.save(20, new, _prompts(20))
+    checkpoints.wait()
+
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), new)
+    # restore_model only reads; restore(10) rewinds the run (step 20 set aside as superseded), so it comes last.
+    for step, want_model in ((10, old["params"]), (20, new.model)):
+        _assert_bitwise(checkpoints.restore_model(step, abstract.model)[1], want_model)
+    for step, want_model, want_skipped in ((None, new.model, 2), (10, old["params"], 1)):
+        got_step, state, _ = checkpoints.restore(step, abstract)
+        assert got_step == (step or 20) and isinstance(state, TrainState) and int(state.skipped) == want_skipped
+        _assert_bitwise(state.model, want_model)
+    checkpoints.close()
