@@ -318,6 +318,23 @@ def claims(table: dict) -> list[str]:
 
 # --- plots -------------------------------------------------------------------------------------------------------
 
+def _label(ax, xlabel: str, ylabel: str, title: str) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _smooth(values: list, width: int) -> tuple[list[int], list[float]]:
     pts = [(i + 1, v) for i, v in enumerate(values) if v is not None]
     xs, ys = [p[0] for p in pts], [p[1] for p in pts]
@@ -354,15 +371,9 @@ def plots(data: dict, out: Path) -> list[Path]:
         ax.axhline(100 * table["all"]["accuracy_mean"], ls="--", color="black", lw=0.8, label="all tokens (level)")
     if teacher is not None:
         ax.axhline(100 * teacher, ls="-.", color="tab:orange", lw=0.8, label="teacher")
-    ax.set_xlabel("kept-token fraction (mean over steps)")
-    ax.set_ylabel("held-out greedy accuracy after OPD (%)")
-    ax.set_title("accuracy vs kept fraction (mean ± SE over seeds)", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    written.append(out / "accuracy_vs_kept.png")
-    fig.savefig(written[-1], dpi=110)
-    plt.close(fig)
+    _label(ax, "kept-token fraction (mean over steps)", "held-out greedy accuracy after OPD (%)",
+           "accuracy vs kept fraction (mean ± SE over seeds)")
+    written.append(_save(fig, out / "accuracy_vs_kept.png"))
 
     n_steps = max(len(c["loss"]) for c in curves.values())
     width = max(1, n_steps // 25)
@@ -379,25 +390,15 @@ def plots(data: dict, out: Path) -> list[Path]:
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=7, ncol=2)
     fig.suptitle(f"mean over seeds, moving average over {width} steps", fontsize=9)
-    fig.tight_layout()
-    written.append(out / "training_loss.png")
-    fig.savefig(written[-1], dpi=110)
-    plt.close(fig)
+    written.append(_save(fig, out / "training_loss.png"))
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for variant, c in curves.items():
         pts = [[0, before]] + c["eval"]
         ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], marker="o", label=variant,
                 color=colors.get(table[variant]["rule"]), ls="-" if table[variant]["ratio"] >= 0.5 else "--")
-    ax.set_xlabel("step")
-    ax.set_ylabel("held-out greedy accuracy (%)")
-    ax.set_title("accuracy vs step (mean over seeds)", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    written.append(out / "accuracy_vs_step.png")
-    fig.savefig(written[-1], dpi=110)
-    plt.close(fig)
+    _label(ax, "step", "held-out greedy accuracy (%)", "accuracy vs step (mean over seeds)")
+    written.append(_save(fig, out / "accuracy_vs_step.png"))
 
     shown = [v for v in ("all", "soft_or50", "q3_10") if v in curves] or list(curves)[:1]
     fig, axes = plt.subplots(1, len(shown), figsize=(4.2 * len(shown), 3.6), squeeze=False, sharey=True)
@@ -413,10 +414,7 @@ def plots(data: dict, out: Path) -> list[Path]:
     axes[0, 0].legend(fontsize=8)
     fig.suptitle("median splits on both axes (the default quadrant thresholds): q1 = q4 and q2 = q3 up to ties",
                  fontsize=9)
-    fig.tight_layout()
-    written.append(out / "quadrants.png")
-    fig.savefig(written[-1], dpi=110)
-    plt.close(fig)
+    written.append(_save(fig, out / "quadrants.png"))
     return written
 
 

@@ -24,18 +24,13 @@ import jax.numpy as jnp
 import pytest
 
 from fixtures_tokenizer import save_tiny_qwen3
+from fixtures_workdir import write_tiny_workdir
 from tipjax import cli, models
-from tipjax.checkpoint import Checkpointer
 from tipjax.config_loader import ConfigError
-from tipjax.config_schema import CheckpointSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs" / "tiny.py")
 SFT = str(ROOT / "configs" / "sft_arithmetic.py") + ":tiny"
-ARCH = dict(architectures=["Qwen3ForCausalLM"], model_type="qwen3", vocab_size=64, hidden_size=32,
-            intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
-            rms_norm_eps=1e-6, rope_theta=10000.0, max_position_embeddings=128, tie_word_embeddings=False,
-            bos_token_id=1, eos_token_id=2)
 GOOD_ROW = '{"problem": "What is 1+1?", "answer": "2", "solution": "\\\\boxed{2}"}\n'
 
 
@@ -73,14 +68,7 @@ def a(tmp_path_factory) -> dict:
     out["files"] = files
 
     run = root / "run"  # a workdir as the trainer lays it out: steps 1 and 2 of a tiny student
-    cfg = models.ModelConfig.from_hf_dict(ARCH)
-    run.mkdir()
-    (run / "student_config.json").write_text(json.dumps(cfg.to_hf_dict()))
-    checkpoints = Checkpointer(run / "checkpoints", CheckpointSpec(keep=3, async_save=False))
-    for step in (1, 2):
-        checkpoints.save(step, {"params": models.init(cfg, jax.random.PRNGKey(step)), "step": jnp.int32(step)},
-                         {"position": step})
-    checkpoints.close()
+    cfg = write_tiny_workdir(run)
     out["run"] = run
     out["tiny_model"] = models.init(cfg, jax.random.PRNGKey(0))
     return out

@@ -12,31 +12,17 @@ import sys
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from fixtures_workdir import write_tiny_workdir
 from tipjax import export, models, workdir as workdir_lib
-from tipjax.checkpoint import Checkpointer
-from tipjax.config_schema import CheckpointSpec
 
 ROOT = Path(__file__).resolve().parents[1]
-ARCH = dict(architectures=["Qwen3ForCausalLM"], model_type="qwen3", vocab_size=64, hidden_size=32,
-            intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
-            rms_norm_eps=1e-6, rope_theta=10000.0, max_position_embeddings=128, tie_word_embeddings=False,
-            bos_token_id=1, eos_token_id=2)
-
-
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     run = tmp_path_factory.mktemp("run")
-    cfg = models.ModelConfig.from_hf_dict(ARCH)
-    (run / "student_config.json").write_text(json.dumps(cfg.to_hf_dict()))
-    checkpoints = Checkpointer(run / "checkpoints", CheckpointSpec(keep=3, async_save=False))
-    for step in (1, 2):
-        checkpoints.save(step, {"params": models.init(cfg, jax.random.PRNGKey(step)), "step": jnp.int32(step)},
-                         {"position": step})
-    checkpoints.close()
+    write_tiny_workdir(run)
     return run
 
 
