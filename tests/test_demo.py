@@ -13,6 +13,7 @@ def _cfg():
     return config_loader.to_dataclass(config_loader.load_config("configs/demo.py:tiny"), config_schema.TrainConfig)
 
 
+@pytest.mark.slow
 def test_demo_builds_once_trains_and_reports_before_after(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("TIPJAX_CACHE", str(tmp_path / "cache"))
     cfg = _cfg()

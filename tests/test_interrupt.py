@@ -51,6 +51,7 @@ def _saving(checkpoints: Path) -> bool:
         return False
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("async_save", [True, False], ids=["async", "sync"])
 def test_ctrl_c_during_a_save_then_resume(straight, env, tmp_path, async_save):
     workdir = tmp_path / "run"

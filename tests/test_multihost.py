@@ -16,6 +16,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import pytest
 
 from tipjax import config_loader, config_schema, train, workdir as workdir_lib
 from tipjax.metrics_log import read_metrics
@@ -50,6 +51,7 @@ def _config():
                              config_schema.TrainConfig)
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_and_their_checkpoint_resumes_in_one(tmp_path):
     multi = tmp_path / "multi"
     driver = tmp_path / "driver.py"

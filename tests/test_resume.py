@@ -9,6 +9,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import pytest
 
 from tipjax import workdir as workdir_lib
 
@@ -25,6 +26,7 @@ def _env():
     return {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
 
 
+@pytest.mark.slow
 def test_sigkill_and_resume_is_bitwise_equal(tmp_path):
     subprocess.run(_command(tmp_path / "straight"), cwd=ROOT, env=_env(), check=True, capture_output=True)
 

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
@@ -18,6 +20,7 @@ def _docs_state():
     return {p.name: p.stat().st_mtime_ns for p in (ROOT / "docs").glob("study*")}
 
 
+@pytest.mark.slow
 def test_smoke_study_writes_a_table_of_real_numbers(tmp_path):
     out, work = tmp_path / "out", tmp_path / "work"
     docs_before = _docs_state()
