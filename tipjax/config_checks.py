@@ -15,7 +15,6 @@ from tipjax.config_schema import TEACHER_SOURCES, EvalSpec, ModelSpec, SFTConfig
 _DTYPES = ("float32", "bfloat16", "float16")
 _REMATS = ("none", "full", "dots")
 _OVERLONG = ("skip", "truncate")
-_ATTENTION = ("auto", "xla", "cudnn", "xla_sdpa")
 
 
 def _check(ok: bool, key: str, value: Any, want: str) -> None:

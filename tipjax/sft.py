@@ -172,10 +172,12 @@ def train(cfg: SFTConfig, workdir: str | Path, *, max_steps: int = 0, resume_ste
             return opd.periodic_eval(cfg, state.model, s)
         return {}
 
-    try:
-        _, last = loop.run_steps(state, step_fn, batches, start=start, end=end, total=cfg.total_steps,
-                                 checkpoints=checkpoints, logbook=logbook, source_state=batches.get_state,
-                                 max_skipped=cfg.optim.max_skipped, token_key="response_tokens", after_step=evaluate)
+    try:  # the run's mesh as the context mesh, as in tipjax.train
+        with jax.set_mesh(s.mesh):
+            _, last = loop.run_steps(state, step_fn, batches, start=start, end=end, total=cfg.total_steps,
+                                     checkpoints=checkpoints, logbook=logbook, source_state=batches.get_state,
+                                     max_skipped=cfg.optim.max_skipped, token_key="response_tokens",
+                                     after_step=evaluate)
     finally:
         checkpoints.close()
         logbook.close()

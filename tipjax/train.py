@@ -159,7 +159,8 @@ def dry_run(cfg) -> dict:
         args += [jax.ShapeDtypeStruct((cfg.prompts_per_step, context.max_prompt_length), jnp.int32,
                                       sharding=s.batch_sharding)] * 2
     t0 = time.perf_counter()
-    compiled = s.step_fn.lower(abstract_state, s.teacher, *args).compile()
+    with jax.set_mesh(s.mesh):  # as in train(): the program a run compiles
+        compiled = s.step_fn.lower(abstract_state, s.teacher, *args).compile()
     mem = compiled.memory_analysis()
     gib = 2.0**30
     report = {
@@ -299,11 +300,12 @@ def train(cfg, workdir: str | Path, *, max_steps: int = 0, resume_step: int | No
                         "average (max %.3g; expected below %.3g in %s): rollout and update disagree",
                         metrics["logprob_gap_mean"], metrics["logprob_gap_max"], limit, cfg.student.compute_dtype)
 
-    try:
-        _, last = loop.run_steps(state, step_fn, source, start=start, end=end, total=cfg.total_steps,
-                                 checkpoints=checkpoints, logbook=logbook, source_state=source.get_state,
-                                 max_skipped=cfg.optim.max_skipped, token_key="response_tokens",
-                                 before_step=time_rollout, after_step=evaluate, watch=watch)
+    try:  # the run's mesh as the context mesh: kernels that shard themselves (splash attention) read it
+        with jax.set_mesh(s.mesh):
+            _, last = loop.run_steps(state, step_fn, source, start=start, end=end, total=cfg.total_steps,
+                                     checkpoints=checkpoints, logbook=logbook, source_state=source.get_state,
+                                     max_skipped=cfg.optim.max_skipped, token_key="response_tokens",
+                                     before_step=time_rollout, after_step=evaluate, watch=watch)
     finally:
         checkpoints.close()
         logbook.close()

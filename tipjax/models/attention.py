@@ -11,7 +11,9 @@ Backends (ModelConfig.attention):
               in the backward pass) so memory is O(query_chunk * S) per head.
   "cudnn"     jax.nn.dot_product_attention(implementation="cudnn") (flash attention, bf16/fp16, CUDA).
   "xla_sdpa"  the same call with implementation="xla": the cudnn path's plumbing, runnable on any device.
-  "auto"      cudnn where resolve_backend says it supports the call, else xla.
+  "splash"    JAX's Pallas splash-attention kernel (TPU; Pallas interpret mode on CPU for tests), for
+              self-attention over a multiple of 128 tokens with head_dim a multiple of 128 (splash.py).
+  "auto"      cudnn on CUDA and splash on TPU where resolve_backend says they support the call, else xla.
 
 Decode (ModelConfig.decode_attention): one new query per row against the cache.
   "xla"       the einsum path over the first `window` slots (the sampler's segments bound the window).
@@ -36,6 +38,7 @@ import jax.numpy as jnp
 from flax import struct
 from jax.extend import backend as jax_backend
 
+from tipjax.models import splash
 from tipjax.models.cache import LayerCache
 from tipjax.models.config import ATTENTION_BACKENDS as BACKENDS
 from tipjax.models.config import DECODE_ATTENTION_BACKENDS, DEFAULT_QUERY_CHUNK
@@ -91,13 +94,14 @@ def current_platform() -> str:
 
 
 def resolve_backend(requested: str, platform: str, dtype, head_dim: int, *, dense_mask: bool = False,
-                    t: int = 2, s: int = 2) -> str:
-    """The backend that runs: "xla", "cudnn" or "xla_sdpa". Pure, so every case is testable on CPU.
+                    t: int = 2, s: int = 2, q_offset: bool = False) -> str:
+    """The backend that runs: "xla", "cudnn", "xla_sdpa" or "splash". Pure, so every case is testable on CPU.
 
     "auto" picks cudnn on CUDA for bf16/fp16 with head_dim a multiple of 8 up to 128 (cuDNN's limit before
-    Hopper) and, when a dense mask goes in as a bias, even t and s (cuDNN's bias rule for training);
-    everything else (fp32, CPU/TPU, single-token decode) runs xla. An explicit "cudnn" that cannot run is an
-    error rather than a silent fallback.
+    Hopper) and, when a dense mask goes in as a bias, even t and s (cuDNN's bias rule for training); on TPU
+    it picks splash where splash.fits (self-attention, no cache offset q_offset, t a multiple of 128, head_dim
+    a multiple of 128); everything else (fp32 on GPU, CPU, single-token decode) runs xla. An explicit "cudnn"
+    or "splash" that cannot run is an error rather than a silent fallback.
     """
     if requested not in BACKENDS:
         raise ValueError(f"attention backend {requested!r} is not one of {BACKENDS}")
@@ -107,8 +111,18 @@ def resolve_backend(requested: str, platform: str, dtype, head_dim: int, *, dens
             raise ValueError(f"attention='cudnn' needs a CUDA GPU and bfloat16/float16 inputs, got platform "
                              f"{platform!r} and {dtype}; use attention='auto' or 'xla'")
         return "cudnn"
+    splash_fits = splash.fits(t=t, s=s, head_dim=head_dim, q_offset_given=q_offset)
+    if requested == "splash":
+        if platform not in ("tpu", "cpu") or not splash_fits:
+            raise ValueError(f"attention='splash' needs a TPU (CPU: interpret mode) and self-attention over a "
+                             f"multiple of {splash.BLOCK} tokens with head_dim a multiple of 128, got platform "
+                             f"{platform!r}, t={t}, s={s}, head_dim={head_dim}, cache offset={q_offset}; use "
+                             f"attention='auto' or 'xla'")
+        return "splash"
     if requested != "auto":
         return requested
+    if platform == "tpu" and splash_fits and dtype in ("bfloat16", "float32"):
+        return "splash"
     supported = (platform == "cuda" and dtype in _CUDNN_DTYPES and head_dim % 8 == 0 and head_dim <= 128
                  and not (dense_mask and (t % 2 or s % 2)))
     return "cudnn" if supported else "xla"
@@ -123,9 +137,14 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: AttentionMask, *, 
     if mask.window is not None and mask.window < k.shape[1]:
         k, v = k[:, :mask.window], v[:, :mask.window]
     t, s = q.shape[1], k.shape[1]
-    impl = resolve_backend(backend, current_platform(), q.dtype, q.shape[-1], dense_mask=mask.needs_dense, t=t, s=s)
+    platform = current_platform()
+    impl = resolve_backend(backend, platform, q.dtype, q.shape[-1], dense_mask=mask.needs_dense, t=t, s=s,
+                           q_offset=mask.q_offset is not None)
     if impl == "xla":
         return _xla_attention(q, k.swapaxes(1, 2), v.swapaxes(1, 2), mask, query_chunk)
+    if impl == "splash":
+        return splash.attention(q, k, v, mask.kv_valid, mask.q_segments, mask.kv_segments, causal=mask.causal,
+                                interpret=platform != "tpu")
     implementation = "cudnn" if impl == "cudnn" else "xla"
     if not mask.needs_dense:
         return jax.nn.dot_product_attention(q, k, v, is_causal=mask.causal, implementation=implementation)

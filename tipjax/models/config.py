@@ -22,7 +22,7 @@ ARCHITECTURES = {
 _MODEL_TYPES = {model_type: arch for arch, (model_type, _, _) in ARCHITECTURES.items()}
 _REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
 _REMAT = ("none", "full", "dots")
-ATTENTION_BACKENDS = ("auto", "xla", "cudnn", "xla_sdpa")  # see attention.py
+ATTENTION_BACKENDS = ("auto", "xla", "cudnn", "xla_sdpa", "splash")  # see attention.py
 DECODE_ATTENTION_BACKENDS = ("auto", "xla", "pallas")  # see attention.py
 DEFAULT_QUERY_CHUNK = 1024
 
@@ -67,7 +67,7 @@ class ModelConfig:
     compute_dtype: str = "float32"
     remat: str = "none"
     # Runtime choices, not model properties: never written to config.json (see to_hf_dict).
-    attention: str = "auto"  # attention backend: "auto", "xla", "cudnn" or "xla_sdpa" (see attention.py)
+    attention: str = "auto"  # attention backend: "auto", "xla", "cudnn", "xla_sdpa", "splash" (attention.py)
     query_chunk: int = DEFAULT_QUERY_CHUNK  # xla attention processes longer query blocks this many rows at a time
     decode_attention: str = "auto"  # one-token cache attention: "auto", "xla" or "pallas" (see attention.py)
     # Where load_hf read the model from (tokenizer files for save_hf). Not part of equality or hashing, so a
