@@ -200,7 +200,9 @@ def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, cache: LayerCache
         out = decode_kernel(q[:, 0], k_layer.astype(q.dtype), v_layer.astype(q.dtype), cache.starts, ends)
         return out[:, None], (k_layer, v_layer)
     mask = AttentionMask(kv_valid=cache.mask, q_offset=cache.index, window=cache.window)
-    keys, values = k_layer, v_layer
+    # The window is read from the updated buffers: without the barrier XLA:CPU (jax 0.11) fuses the update into
+    # the window's slice, reading the old buffer beside the in-place update, and copies the cache twice a step.
+    keys, values = jax.lax.optimization_barrier((k_layer, v_layer))
     if mask.window is not None and mask.window < s:
         keys, values = keys[:, :, :mask.window], values[:, :, :mask.window]
     keys, values = keys.astype(q.dtype), values.astype(q.dtype)
