@@ -105,8 +105,9 @@ class Checkpointer:
             for name in names[:-1]:
                 node = node.setdefault(name, {})
             node[names[-1]] = leaf
-        args = ocp.args.PyTreeRestore(item={_MODEL_ON_DISK: target}, partial_restore=True,
-                                      restore_args=ocp.checkpoint_utils.construct_restore_args({_MODEL_ON_DISK: target}))
+        item = {_MODEL_ON_DISK: target}
+        args = ocp.args.PyTreeRestore(item=item, partial_restore=True,
+                                      restore_args=ocp.checkpoint_utils.construct_restore_args(item))
 
         def read(candidate: int):
             # A checkpointer of its own: the manager binds each item to the handler of its first restore.
@@ -193,17 +194,21 @@ class Checkpointer:
 _MODEL_ON_DISK = "params"
 
 
+def _disk_name(field: str) -> str:
+    return _MODEL_ON_DISK if field == "model" else field
+
+
 def _to_disk(state: Any) -> Any:
     """A TrainState as the dict orbax stores (field names, `model` as _MODEL_ON_DISK); other trees as they are."""
     if not dataclasses.is_dataclass(state):
         return state
-    return {_MODEL_ON_DISK if f.name == "model" else f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
+    return {_disk_name(f.name): getattr(state, f.name) for f in dataclasses.fields(state)}
 
 
 def _from_disk(tree: Any, like: Any) -> Any:
     if not dataclasses.is_dataclass(like):
         return tree
-    return type(like)(**{f.name: tree[_MODEL_ON_DISK if f.name == "model" else f.name] for f in dataclasses.fields(like)})
+    return type(like)(**{f.name: tree[_disk_name(f.name)] for f in dataclasses.fields(like)})
 
 
 def _quiet_abandoned_reads() -> None:

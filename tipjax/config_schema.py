@@ -28,7 +28,7 @@ class ModelSpec:
     param_dtype: str = "float32"
     compute_dtype: str = "float32"
     remat: str = "none"              # per-layer rematerialisation: none | full | dots
-    attention: str = "auto"          # auto (cudnn on GPU, splash on TPU where they apply) | xla | cudnn | xla_sdpa | splash
+    attention: str = "auto"          # auto (GPU cudnn, TPU splash, where they fit) | xla | cudnn | xla_sdpa | splash
     query_chunk: int = 1024          # longer query blocks are attended this many rows at a time
     decode_attention: str = "auto"   # one-token decode: auto (= xla) | xla | pallas (Triton kernel, opt-in)
 

@@ -145,10 +145,8 @@ def _prefill(model, prompt_ids, prompt_mask, max_new_tokens, cache_dtype, rng) -
     total = prompt_len + max_new_tokens
     mask = prompt_mask.astype(bool)
     positions = positions_from_mask(mask)  # left padding: each row starts at 0 at its first real token
-    # The Pallas decode kernel reads whole blocks (the slots past `total` are never written or read); the xla
-    # path gets exactly `total` slots: padding it cost the tiny CPU step 15-20% (docs/cpu_before_after.md).
-    block = attention.DECODE_BLOCK if model.config.decode_attention == "pallas" else 1
-    cache = model.init_cache(batch, -(-total // block) * block, dtype=cache_dtype)
+    cache = model.init_cache(batch, attention.decode_cache_slots(total, model.config.decode_attention),
+                             dtype=cache_dtype)
     hidden, cache = model.hidden_cached(prompt_ids, positions, cache, mask, fresh=True)
     # The last column is every row's last real prompt token (left padding), so its logits predict token 1.
     next_logits = model.logits(hidden[:, -1])

@@ -174,6 +174,13 @@ def resolve_decode_backend(requested: str, platform: str, *, t: int, s: int, hea
     return "xla"
 
 
+def decode_cache_slots(total: int, decode_backend: str) -> int:
+    """KV-cache length for `total` tokens: whole DECODE_BLOCKs for the Pallas kernel (the slots past `total` are
+    never written or read), exactly `total` otherwise (padding the xla path only costs time)."""
+    block = DECODE_BLOCK if decode_backend == "pallas" else 1
+    return -(-total // block) * block
+
+
 def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, cache: LayerCache, *, backend: str = "xla",
                      query_chunk: int = DEFAULT_QUERY_CHUNK,
                      decode_backend: str = "xla") -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:

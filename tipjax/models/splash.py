@@ -7,9 +7,9 @@ real query never sees a pad key or another sequence. A pad query sees only pad k
 nothing reads), where the XLA path gives it a uniform softmax; real rows agree to float rounding.
 
 Mosaic kernels are not partitioned by XLA: on a device mesh (the abstract mesh set with `jax.set_mesh`), the
-kernel runs under shard_map, batch split over ('data', 'fsdp') and kv heads over 'tensor' as the logical
-rules place them; each device attends over its own rows and heads with no communication. Off TPU the kernel
-runs in Pallas interpret mode (tests on CPU).
+kernel runs under shard_map, batch and kv heads split as the logical rules place them (sharding.py); each
+device attends over its own rows and heads with no communication. Off TPU the kernel runs in Pallas interpret
+mode (tests on CPU).
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.sharding import PartitionSpec as P
+
+from tipjax.models import sharding
 
 BLOCK = 128  # the smallest block splash tiles by on TPU; sequence lengths must be a multiple
 _MAX_BLOCK = 512
@@ -86,15 +87,11 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, kv_valid: jax.Array | No
     q_ids, kv_ids = segment_ids(kv_valid, q_segments, b, t), segment_ids(kv_valid, kv_segments, b, t)
     run = functools.partial(_local, causal=causal, interpret=interpret)
     mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty or int(np.prod(list(mesh.shape.values()))) == 1:
+    if mesh.empty or mesh.size == 1:
         return run(q, k, v, q_ids, kv_ids)
-    batch, rows = [], 1  # the batch axes of the logical rules that divide this batch
-    for axis in ("data", "fsdp"):
-        if axis in mesh.shape and b % (rows * mesh.shape[axis]) == 0:
-            batch, rows = batch + [axis], rows * mesh.shape[axis]
-    batch = tuple(batch) or None
-    heads = "tensor" if "tensor" in mesh.shape and k.shape[2] % mesh.shape["tensor"] == 0 else None
-    act = P(batch, None, heads, None)
-    rows_spec = P(batch, None)
-    return jax.shard_map(run, mesh=mesh, in_specs=(act, act, act, rows_spec, rows_spec), out_specs=act,
+    # Rows and kv heads split as the logical rules place activations (an axis that does not divide: replicated).
+    act = sharding.logical_to_spec(("batch", None, "kv_heads", None), sharding.STORAGE_RULES, shape=k.shape,
+                                   mesh=mesh)
+    rows = P(*act[:2])
+    return jax.shard_map(run, mesh=mesh, in_specs=(act, act, act, rows, rows), out_specs=act,
                          check_vma=False)(q, k, v, q_ids, kv_ids)
