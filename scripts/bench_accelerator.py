@@ -238,29 +238,34 @@ def worker_train(args, smoke):
 
 
 def worker_hlo(args, smoke):
-    """The compiled decode loop (Qwen3-0.6B widths, 4 layers, batch 8): copies of cache size, while loops."""
+    """The compiled sampler (Qwen3-0.6B widths, 4 layers, batch 8, prompt 128, 64 new in 2 segments): what its
+    decode loops write at cache size besides the in-place update (copies, materialised window slices), the
+    kernels per decode step and the while loops."""
     import re
 
     import jax
     import jax.numpy as jnp
+    import hlo_loops
     from tipjax import models, sampling
 
     s_cfg, _ = _presets(smoke)
     cfg = s_cfg.replace(param_dtype="bfloat16", compute_dtype="bfloat16", num_layers=min(4, s_cfg.num_layers),
                         **args.get("model", {}))
-    model = models.init(cfg, jax.random.PRNGKey(0))
-    ids = jnp.ones((8, 128), jnp.int32)
-    state = sampling._jit_prefill(model, ids, jnp.ones_like(ids), jax.random.PRNGKey(0), max_new_tokens=64,
-                                  cache_dtype=None)
-    settings = sampling.DecodeSettings(prompt_len=128, max_new_tokens=64, temperature=1.0, top_k=0, top_p=1.0,
-                                       eos_ids=(), pad_id=0, steps_per_loop=8)
-    text = sampling._jit_decode.lower(model, state, settings).compile().as_text()
+    batch, prompt, new = 8, 128, 64
+    ids = jax.ShapeDtypeStruct((batch, prompt), jnp.int32)
+    settings = sampling.DecodeSettings(prompt_len=prompt, max_new_tokens=new, temperature=1.0, top_k=0, top_p=1.0,
+                                       eos_ids=(), pad_id=0, segments=2, steps_per_loop=8)
+    text = sampling._jit_generate.trace(models.abstract(cfg), ids, ids, jax.eval_shape(lambda: jax.random.key(0)),
+                                        settings=settings, cache_dtype=None).lower().compile().as_text()
     Path(args["out"]).write_text(text)
-    slots = str(state.cache.max_len)
-    copies = [m.group(0)[:120] for m in re.finditer(r"\w+\[([0-9,]*)\]\{[^}]*\} copy\(", text)
-              if slots in m.group(1).split(",")]
-    return dict(cache_copies=copies, while_loops=len(re.findall(r" while\(", text)),
-                instructions=len(re.findall(r"^\s+\S+ = ", text, re.M)))
+    carried = f"s32[{batch},{prompt + new}]"  # the sampler's tokens: marks the decode loops
+    shape = dict(batch=batch, kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim, min_slots=prompt)
+    top = hlo_loops.top_level_lines(text, carried)
+    kernels = [line for line in top if re.search(r" (fusion|custom-call|while|conditional|dot)\(", line)]
+    return dict(cache_copies=hlo_loops.cache_writes(hlo_loops.loop_lines(text, carried), ops=("copy",), **shape),
+                cache_writes=hlo_loops.cache_writes(top, **shape), decode_kernels=len(kernels),
+                layers=cfg.num_layers, steps_per_loop=settings.steps_per_loop,
+                while_loops=len(re.findall(r" while\(", text)), instructions=len(re.findall(r"^\s+\S+ = ", text, re.M)))
 
 
 WORKERS = {"hlo": worker_hlo, "ceilings": worker_ceilings, "decode": worker_decode, "forward": worker_forward, "train": worker_train}

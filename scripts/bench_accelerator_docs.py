@@ -65,6 +65,16 @@ def render(results: dict) -> str:
             lines.append(f"| {r['label']} | {r['compile_s']:.1f} | {r['step_s']:.2f} | {roll} | {upd} | {tf} | {mfu} "
                          f"| {r['temp_gib']:.1f} |")
         lines.append("")
+    hlo = next(iter(_runs(results, "hlo")), None)
+    if hlo and "cache_writes" in hlo:
+        writes = ", ".join(f"`{w}`" for w in hlo["cache_writes"]) or "none"
+        lines += [f"### Compiled decode loop (Qwen3-0.6B widths, {hlo['layers']} layers, batch 8, prompt 128, 64 new, "
+                  "2 segments)",
+                  "",
+                  f"Kernels in the decode loop bodies: {hlo['decode_kernels']} for {hlo['layers']} layers "
+                  f"({hlo['steps_per_loop']} tokens per iteration; the inner body runs once per token). Cache-sized "
+                  f"buffers written per step besides the in-place key/value update: {writes}. Cache-sized copies: "
+                  f"{len(hlo['cache_copies'])}. While loops: {hlo['while_loops']}.", ""]
     bad = [r for r in results["runs"] if "error" in r or "skipped" in r]
     for r in bad:
         why = r.get("skipped") or r["error"].strip().splitlines()[-1][:300]

@@ -25,14 +25,14 @@ def reference(q, k, v, visible):
     return np.einsum("bnts,bsnh->btnh", probs, v)
 
 
-def dense_numpy(b, t, s, *, causal=True, offset=0, valid=None, q_seg=None, kv_seg=None, window=None):
+def dense_numpy(b, t, s, *, causal=True, offset=0, valid=None, q_seg=None, kv_seg=None):
     """The visibility rule of AttentionMask's docstring, as loops over (row, query, slot)."""
     out = np.zeros((b, t, s), bool)
     for r in range(b):
         for j in range(t):
             for slot in range(s):
                 ok = (not causal or slot <= offset + j) and (valid is None or valid[r, slot])
-                ok = ok and (q_seg is None or q_seg[r, j] == kv_seg[r, slot]) and (window is None or slot < window)
+                ok = ok and (q_seg is None or q_seg[r, j] == kv_seg[r, slot])
                 out[r, j, slot] = ok
     return out
 
@@ -54,7 +54,7 @@ CASES = {
     "bidirectional_pad": dict(t=5, s=9, causal=False, valid=left_padding(3, 9, [9, 6, 2])),
     # three new queries at cache slot 5 of 12; slots past the written ones are invalid
     "cache_offset": dict(t=3, s=12, offset=5, valid=np.arange(12)[None].repeat(3, 0) < 8),
-    "cache_window": dict(t=1, s=12, offset=6, window=8, valid=(np.arange(12) < 7)[None].repeat(3, 0)),
+    "cache_decode": dict(t=1, s=12, offset=6, valid=(np.arange(12) < 7)[None].repeat(3, 0)),
     "segments": dict(t=8, s=8, q_seg=np.array([[0] * 3 + [1] * 5, [0] * 8, [2] * 4 + [3] * 4]),
                      kv_seg=np.array([[0] * 3 + [1] * 5, [0] * 8, [2] * 4 + [3] * 4])),
 }
@@ -65,8 +65,7 @@ def structured(case):
         return None if case.get(key) is None else jnp.asarray(case[key])
 
     return attention.AttentionMask(kv_valid=array("valid"), q_offset=array("offset"), q_segments=array("q_seg"),
-                                   kv_segments=array("kv_seg"), causal=case.get("causal", True),
-                                   window=case.get("window"))
+                                   kv_segments=array("kv_seg"), causal=case.get("causal", True))
 
 
 @pytest.mark.parametrize("backend", ["xla", "xla_sdpa"])
@@ -76,15 +75,13 @@ def test_backends_match_reference(name, backend):
     t, s = case["t"], case["s"]
     q, k, v = qkv(3, t, s)
     visible = dense_numpy(3, t, s, causal=case.get("causal", True), offset=case.get("offset", 0),
-                          valid=case.get("valid"), q_seg=case.get("q_seg"), kv_seg=case.get("kv_seg"),
-                          window=case.get("window"))
+                          valid=case.get("valid"), q_seg=case.get("q_seg"), kv_seg=case.get("kv_seg"))
     mask = structured(case)
-    w = case.get("window") or s
-    expected = reference(q, k[:, :w], v[:, :w], visible[:, :, :w])
+    expected = reference(q, k, v, visible)
     out = jax.jit(attention.attention, static_argnames=("backend", "query_chunk"))(q, k, v, mask, backend=backend)
     assert out.shape == q.shape and np.isfinite(np.asarray(out)).all()
     np.testing.assert_allclose(np.asarray(out), expected, atol=2e-6, rtol=1e-5)
-    np.testing.assert_array_equal(np.broadcast_to(np.asarray(mask.dense(t, w)), (3, t, w)), visible[:, :, :w])
+    np.testing.assert_array_equal(np.broadcast_to(np.asarray(mask.dense(t, s)), (3, t, s)), visible)
 
 
 @pytest.mark.parametrize("name", ["causal_left_pad", "segments", "cache_offset"])
@@ -103,8 +100,8 @@ def test_query_chunks_match_one_block(name):
         np.testing.assert_allclose(jax.grad(loss)(q, chunk), jax.grad(loss)(q, 1024), atol=1e-5)
 
 
-def test_cached_attention_fresh_and_window_equal_full_reads():
-    """fresh (new keys only) and window (a prefix of slots) read the same keys as the full cache would."""
+def test_cached_attention_fresh_equals_full_read():
+    """fresh (new keys only) reads the same keys as the full cache would."""
     b, t, s = 2, 4, 10
     q, k, v = qkv(b, t, t, seed=2)
     valid = jnp.asarray(left_padding(b, t, [4, 2]))
@@ -112,10 +109,9 @@ def test_cached_attention_fresh_and_window_equal_full_reads():
     zeros = jnp.zeros((b, 2, s, 8))
     base = dict(k=zeros, v=zeros, mask=kv_mask, index=jnp.int32(0))
     outs = {name: attention.cached_attention(q, k, v, LayerCache(**base, **extra))
-            for name, extra in [("full", {}), ("fresh", dict(fresh=True)), ("window", dict(window=t))]}
+            for name, extra in [("full", {}), ("fresh", dict(fresh=True))]}
     real = np.asarray(valid)  # padding queries see no key: uniform over however many slots were read
-    for name in ("fresh", "window"):
-        np.testing.assert_allclose(np.asarray(outs[name][0])[real], np.asarray(outs["full"][0])[real], atol=1e-6)
+    np.testing.assert_allclose(np.asarray(outs["fresh"][0])[real], np.asarray(outs["full"][0])[real], atol=1e-6)
     k_layer = np.asarray(outs["fresh"][1][0])  # heads-major [B, K, S, H]
     np.testing.assert_array_equal(k_layer[:, :, :t], np.asarray(k).swapaxes(1, 2))
     assert not k_layer[:, :, t:].any()

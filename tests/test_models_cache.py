@@ -28,8 +28,13 @@ def decode(model, token, position, cache):
     return model.hidden_cached(token[:, None], position[:, None], cache, jnp.ones_like(token, jnp.bool_)[:, None])
 
 
+# How many slots the cache has before each decode step: allocated whole, or grown as the sampler does.
+GROWTH = {"whole": {0: 12}, "grown": {0: 9, 2: 10, 3: 12}}
+
+
+@pytest.mark.parametrize("growth", sorted(GROWTH))
 @pytest.mark.parametrize("arch", ["Qwen3ForCausalLM", "Qwen2ForCausalLM", "LlamaForCausalLM"])
-def test_prefill_then_decode_equals_full_forward(arch):
+def test_prefill_then_decode_equals_full_forward(arch, growth):
     cfg = models.ModelConfig.from_hf_dict({**BASE, "architectures": [arch]})
     model = models.init(cfg, jax.random.key(1))
     tp, new = 7, 5
@@ -37,10 +42,18 @@ def test_prefill_then_decode_equals_full_forward(arch):
     continuation = jax.random.randint(jax.random.key(2), (3, new), 0, cfg.vocab_size)
     positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0)
 
-    h_prompt, cache = prefill(model, prompt, positions, model.init_cache(3, tp + new), prompt_mask)
+    slots = GROWTH[growth]
+    h_prompt, cache = prefill(model, prompt, positions, model.init_cache(3, tp if growth == "grown" else tp + new),
+                              prompt_mask)
     steps = []
     next_pos = positions[:, -1] + 1
     for j in range(new):
+        if j in slots:
+            before = cache
+            cache = cache.grow(slots[j])
+            assert cache.max_len == slots[j] and cache.k[0].shape[2] == slots[j]
+            np.testing.assert_array_equal(np.asarray(cache.k[1])[:, :, :before.max_len], before.k[1])
+            assert not np.asarray(cache.mask)[:, before.max_len:].any()
         h, cache = decode(model, continuation[:, j], next_pos + j, cache)
         steps.append(h[:, 0])
     assert int(cache.index) == tp + new
@@ -73,3 +86,10 @@ def test_chunked_prefill_and_bf16_cache():
     assert bf16.logits(h_bf16).dtype == jnp.float32
     err = np.abs(np.asarray(h_bf16, np.float32) - np.asarray(one))[real].max() / np.abs(np.asarray(one)[real]).max()
     assert err < 5e-2
+
+
+def test_cache_cannot_shrink():
+    cache = models.KVCache.zeros(2, 1, 8, 2, 4, jnp.float32)
+    assert cache.grow(8) is cache
+    with pytest.raises(ValueError, match="cannot shrink a KVCache from 8 to 6 slots"):
+        cache.grow(6)

@@ -200,11 +200,11 @@ def test_deterministic_and_outer_jit(tmp_path):
 def test_bucketed_compiles_are_bounded(tmp_path):
     _, path = tiny_hf(tmp_path, "llama", vocab=64)
     model = models.load_hf(path, dtype=jnp.float32)
-    before = sampling._jit_decode._cache_size()
+    before = sampling._jit_generate._cache_size()
     for rows in ([[1, 2]], [[1, 2, 3]], [[4, 5, 6, 7, 8]], [[9] * 11]):  # all inside the 16 bucket
         ids, mask = left_padded(rows)
         sampling.generate(model, ids, mask, max_new_tokens=3, rng=jax.random.key(0))
-    assert sampling._jit_decode._cache_size() - before == 1
+    assert sampling._jit_generate._cache_size() - before == 1
 
 
 def test_sharded_mesh_equals_single_device(tmp_path):

@@ -87,7 +87,7 @@ def test_decode_settings_is_the_static_key(model):
     assert hash(settings) == hash(dataclasses.replace(settings))
     with pytest.raises(dataclasses.FrozenInstanceError):
         settings.top_k = 1
-    before = sampling._jit_decode._cache_size()
+    before = sampling._jit_generate._cache_size()
     for temperature in (1.0, 1.0, 0.5):
         run(model, temperature=temperature, eos_token_id=3)
-    assert sampling._jit_decode._cache_size() - before == 2  # one program per distinct settings
+    assert sampling._jit_generate._cache_size() - before == 2  # one program per distinct settings

@@ -1,11 +1,12 @@
 """KV-cache rollout sampler: a state struct, a prefill, and one `lax.while_loop`.
 
-Shapes: B rows, Tp prompt columns (left padded), N = max_new_tokens, S = Tp + N cache slots, V vocabulary.
+Shapes: B rows, Tp prompt columns (left padded), N = max_new_tokens, S = Tp + N cache slots (at the end: the
+cache grows segment by segment), V vocabulary.
 
 `generate` is a pure function of arrays and static settings. Called eagerly it pads the prompt to its
-length bucket and runs one compiled program per (bucket, settings); called inside an outer `jax.jit`
-(the trainer's step) it simply traces into that program. Sampling semantics, applied in this order to
-the model's fp32 next-token logits z:
+length bucket and runs one compiled program (prefill and decode loop) per (bucket, settings); called inside an
+outer `jax.jit` (the trainer's step) it simply traces into that program. Sampling semantics, applied in this
+order to the model's fp32 next-token logits z:
 
 - temperature t: z / t. `temperature=0` means greedy (argmax; top-k/top-p are then irrelevant).
 - top_k = k > 0: keep the tokens whose logit is >= the k-th largest logit (ties at the boundary are kept).
@@ -21,7 +22,6 @@ filtering): the quantity the trainer's student forward reproduces.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from typing import Sequence
 
@@ -145,8 +145,8 @@ def _prefill(model, prompt_ids, prompt_mask, max_new_tokens, cache_dtype, rng) -
     total = prompt_len + max_new_tokens
     mask = prompt_mask.astype(bool)
     positions = positions_from_mask(mask)  # left padding: each row starts at 0 at its first real token
-    cache = model.init_cache(batch, attention.decode_cache_slots(total, model.config.decode_attention),
-                             dtype=cache_dtype)
+    # The prompt's slots only: the decode loop grows the cache segment by segment (_decode_loop).
+    cache = model.init_cache(batch, prompt_len, dtype=cache_dtype)
     hidden, cache = model.hidden_cached(prompt_ids, positions, cache, mask, fresh=True)
     # The last column is every row's last real prompt token (left padding), so its logits predict token 1.
     next_logits = model.logits(hidden[:, -1])
@@ -170,24 +170,28 @@ def segment_ends(max_new_tokens: int, segments: int | None = None) -> tuple[int,
 
 
 def _decode_loop(model, state: SamplerState, settings: DecodeSettings) -> SamplerState:
-    # Segments: a sequence of while loops whose attention window grows, so early tokens of a long rollout
-    # do not read the unwritten end of the KV cache (xla attention; the Pallas kernel reads only the filled
-    # slots, so it needs one). Each stops early when every row has finished.
+    # Segments: a sequence of while loops, each on a cache grown to hold exactly the slots it can fill, so early
+    # tokens of a long rollout do not read the unwritten end of the cache, and attention reads whole buffers
+    # (a window sliced out of a longer one is a copy per layer and step on XLA:GPU). The Pallas kernel reads
+    # only the filled slots, so it runs one segment on a cache of whole kernel blocks. Each segment stops early
+    # when every row has finished.
     cfg = model.config
     k = settings.steps_per_loop
     steps = loop_length(settings.max_new_tokens, k)
+    total = settings.prompt_len + steps
     kernel = attention.resolve_decode_backend(cfg.decode_attention, attention.current_platform(), t=1,
-                                              s=state.cache.max_len, head_dim=cfg.head_dim, contiguous=True)
+                                              s=attention.decode_cache_slots(total, cfg.decode_attention),
+                                              head_dim=cfg.head_dim, contiguous=True)
     segments = 1 if kernel == "pallas" and settings.segments is None else settings.segments
     layers = model.decode_layers()  # sliced and stacked once here, not per layer and token inside the loop
     for end in sorted({loop_length(e, k) for e in segment_ends(steps, segments)}):
+        slots = attention.decode_cache_slots(settings.prompt_len + end, kernel)
+        state = state.replace(cache=state.cache.grow(slots))
         state = _decode_segment(model, layers, state, settings, end)
     return state
 
 
 def _decode_segment(model, layers, state: SamplerState, settings: DecodeSettings, end: int) -> SamplerState:
-    window = settings.prompt_len + end
-
     def cond(s: SamplerState):
         return (s.step < end) & ~jnp.all(s.done)
 
@@ -210,7 +214,7 @@ def _decode_segment(model, layers, state: SamplerState, settings: DecodeSettings
         logprobs = jax.lax.dynamic_update_slice(s.logprobs, jnp.where(live, logprob, 0.0)[:, None], (0, col))
         done = s.done | (live & _is_eos(token, settings.eos_ids))
         hidden, cache = model.hidden_cached(token[:, None], s.positions[:, None], s.cache, live[:, None],
-                                            window=window, starts=s.starts, layers=layers)
+                                            starts=s.starts, layers=layers)
         return SamplerState(
             step=s.step + 1, tokens=tokens, response_mask=response_mask, logprobs=logprobs, done=done,
             positions=s.positions + 1, next_logits=model.logits(hidden[:, 0]), starts=s.starts, cache=cache,
@@ -219,14 +223,15 @@ def _decode_segment(model, layers, state: SamplerState, settings: DecodeSettings
     return jax.lax.while_loop(cond, body, state)
 
 
-@functools.partial(jax.jit, static_argnames=("max_new_tokens", "cache_dtype"))
-def _jit_prefill(model, prompt_ids, prompt_mask, rng, *, max_new_tokens, cache_dtype):
-    return _prefill(model, prompt_ids, prompt_mask, max_new_tokens, cache_dtype, rng)
-
-
-@functools.partial(jax.jit, static_argnames=("settings",), donate_argnums=(1,))
-def _jit_decode(model, state, settings: DecodeSettings):
+def _generate(model, prompt_ids, prompt_mask, rng, settings: DecodeSettings, cache_dtype) -> SamplerState:
+    """Prefill and decode loop: the whole rollout, one traceable function (the prompt's cache is an
+    intermediate, freed once the first segment has grown it)."""
+    steps = loop_length(settings.max_new_tokens, settings.steps_per_loop)
+    state = _prefill(model, prompt_ids, prompt_mask, steps, cache_dtype, rng)
     return _decode_loop(model, state, settings)
+
+
+_jit_generate = jax.jit(_generate, static_argnames=("settings", "cache_dtype"))
 
 
 def _validate(prompt_ids, prompt_mask, max_new_tokens, temperature, top_k, top_p, num_samples):
@@ -327,12 +332,10 @@ def generate(model, prompt_ids: jax.Array, prompt_mask: jax.Array, *, max_new_to
     steps_per_loop = default_steps_per_loop() if steps_per_loop is None else steps_per_loop
     if not isinstance(steps_per_loop, (int, np.integer)) or steps_per_loop < 1:
         raise ValueError(f"steps_per_loop must be a positive int, got {steps_per_loop!r}")
-    state = _jit_prefill(model, prompt_ids, prompt_mask, rng,
-                         max_new_tokens=loop_length(int(max_new_tokens), int(steps_per_loop)), cache_dtype=cache_dtype)
     settings = DecodeSettings(prompt_len=bucket, max_new_tokens=int(max_new_tokens), temperature=float(temperature),
                               top_k=int(top_k), top_p=float(top_p), eos_ids=eos_ids, pad_id=pad_id,
                               segments=segments, steps_per_loop=int(steps_per_loop))
-    state = _jit_decode(model, state, settings)
+    state = _jit_generate(model, prompt_ids, prompt_mask, rng, settings=settings, cache_dtype=cache_dtype)
     width = bucket + max_new_tokens  # the loop may have run a few steps more (whole iterations): dropped
     tokens, response_mask, logprobs = (x[:, :width] for x in (state.tokens, state.response_mask, state.logprobs))
     tokens = tokens.at[:, bucket:].set(jnp.where(response_mask[:, bucket:] > 0, tokens[:, bucket:], pad_id))

@@ -3,8 +3,7 @@
 Shape letters as in decoder.py: B batch, T queries, S key slots, N query heads, K kv heads, G = N // K, H head dim.
 
 The mask is described, not materialised: causal flag, the key slot of query 0 (cache decode), key validity
-(padding), optional segment ids, and a static window of key slots to read. A fused kernel can take that as
-is; the XLA backend builds the boolean [B, T, S] mask itself, one query chunk at a time.
+(padding) and optional segment ids. A fused kernel can take that as is; the XLA backend builds the boolean [B, T, S] mask itself, one query chunk at a time.
 
 Backends (ModelConfig.attention):
   "xla"       einsums with fp32 scores and softmax, queries in chunks of `query_chunk` rows (rematerialised
@@ -16,7 +15,8 @@ Backends (ModelConfig.attention):
   "auto"      cudnn on CUDA and splash on TPU where resolve_backend says they support the call, else xla.
 
 Decode (ModelConfig.decode_attention): one new query per row against the cache.
-  "xla"       the einsum path over the first `window` slots (the sampler's segments bound the window).
+  "xla"       the einsum path over every slot of the cache buffers (the sampler grows its cache segment by
+              segment, so early tokens of a long rollout do not read its unwritten end).
   "pallas"    JAX's Pallas flash-decoding kernel (jax.experimental.pallas.ops.gpu.decode_attention, Triton):
               each row reads only its filled slots [start, index + 1), in blocks of 128 slots split across
               the GPU, whatever the cache length; off GPU it runs in Pallas interpret mode (tests).
@@ -54,13 +54,11 @@ class AttentionMask:
     """Which key slots each query sees. Query j of a call sits at key slot q_offset + j and sees slot s iff
 
         (not causal or s <= q_offset + j) and kv_valid[b, s] and q_segments[b, j] == kv_segments[b, s]
-        and s < window
 
     kv_valid:    [B, S] bool or None (all valid): padding and unwritten cache slots are False.
     q_offset:    [] int32 (may be traced) or None for 0: the key slot of query 0 (the cache index).
     q_segments, kv_segments: [B, T] and [B, S] int32, both or neither (packed sequences).
     causal:      static.
-    window:      static number of key slots to read (None: all S); every visible slot must be < window.
     """
 
     kv_valid: jax.Array | None = None
@@ -68,7 +66,6 @@ class AttentionMask:
     q_segments: jax.Array | None = None
     kv_segments: jax.Array | None = None
     causal: bool = struct.field(pytree_node=False, default=True)
-    window: int | None = struct.field(pytree_node=False, default=None)
 
     def __post_init__(self):
         if (self.q_segments is None) != (self.kv_segments is None):
@@ -132,10 +129,8 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: AttentionMask, *, 
               query_chunk: int = DEFAULT_QUERY_CHUNK) -> jax.Array:
     """q [B, T, N, H], k and v [B, S, K, H] (same dtype), mask -> [B, T, N, H] in the dtype of q.
 
-    Query head n uses kv head n // G, as HF's repeat_kv. Only the first mask.window key slots are read.
+    Query head n uses kv head n // G, as HF's repeat_kv.
     """
-    if mask.window is not None and mask.window < k.shape[1]:
-        k, v = k[:, :mask.window], v[:, :mask.window]
     t, s = q.shape[1], k.shape[1]
     platform = current_platform()
     impl = resolve_backend(backend, platform, q.dtype, q.shape[-1], dense_mask=mask.needs_dense, t=t, s=s,
@@ -187,8 +182,9 @@ def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, cache: LayerCache
     """Writes this call's k, v [B, T, K, H] into the layer's cache at cache.index and attends over it.
 
     Returns (out [B, T, N, H], (k_layer, v_layer) [B, K, S, H]). With cache.fresh (an empty cache) queries
-    attend over the T new keys only ([T, T] scores, not [T, S]); otherwise over the first cache.window slots
-    (xla) or each row's filled range (pallas, see LayerCache.starts).
+    attend over the T new keys only ([T, T] scores, not [T, S]); otherwise over all S slots (xla; never a
+    slice of them, which XLA:GPU would copy per layer and step) or each row's filled range (pallas, see
+    LayerCache.starts).
     """
     b, t = q.shape[:2]
     at = (0, 0, cache.index, 0)
@@ -206,13 +202,8 @@ def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, cache: LayerCache
         ends = jnp.broadcast_to(cache.index + 1, (b,)).astype(jnp.int32)
         out = decode_kernel(q[:, 0], k_layer.astype(q.dtype), v_layer.astype(q.dtype), cache.starts, ends)
         return out[:, None], (k_layer, v_layer)
-    mask = AttentionMask(kv_valid=cache.mask, q_offset=cache.index, window=cache.window)
-    # The window is read from the updated buffers: without the barrier XLA:CPU (jax 0.11) fuses the update into
-    # the window's slice, reading the old buffer beside the in-place update, and copies the cache twice a step.
-    keys, values = jax.lax.optimization_barrier((k_layer, v_layer))
-    if mask.window is not None and mask.window < s:
-        keys, values = keys[:, :, :mask.window], values[:, :, :mask.window]
-    keys, values = keys.astype(q.dtype), values.astype(q.dtype)
+    mask = AttentionMask(kv_valid=cache.mask, q_offset=cache.index)
+    keys, values = k_layer.astype(q.dtype), v_layer.astype(q.dtype)
     if resolve_backend(backend, current_platform(), q.dtype, q.shape[-1], dense_mask=True, t=t,
                        s=keys.shape[2]) == "xla":
         return _xla_attention(q, keys, values, mask, query_chunk), (k_layer, v_layer)

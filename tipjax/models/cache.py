@@ -40,6 +40,21 @@ class KVCache:
     def max_len(self) -> int:
         return self.mask.shape[1]
 
+    def grow(self, max_len: int) -> KVCache:
+        """The same cache with `max_len` slots: empty (zero, masked-out) slots appended to every buffer.
+
+        The sampler grows its cache from one decode segment to the next, so each segment's attention reads
+        whole buffers: a slice of a longer buffer would be materialised per layer and step by XLA:GPU.
+        """
+        extra = max_len - self.max_len
+        if extra < 0:
+            raise ValueError(f"cannot shrink a KVCache from {self.max_len} to {max_len} slots")
+        if extra == 0:
+            return self
+        pad = lambda x: jnp.pad(x, [(0, 0)] * 2 + [(0, extra), (0, 0)])
+        return KVCache(k=tuple(map(pad, self.k)), v=tuple(map(pad, self.v)),
+                       mask=jnp.pad(self.mask, [(0, 0), (0, extra)]), index=self.index)
+
 
 @struct.dataclass
 class LayerCache:
@@ -53,7 +68,6 @@ class LayerCache:
             reads only that range; rows that break the promise (finished rows writing padding) get
             unspecified but finite outputs.
     fresh:  static; promises index 0 (an empty cache): attention then reads the T new keys only.
-    window: static; promises every query's slot is < window: attention reads slots [0, window) only.
     """
 
     k: jax.Array
@@ -62,4 +76,3 @@ class LayerCache:
     index: jax.Array
     starts: jax.Array | None = None
     fresh: bool = struct.field(pytree_node=False, default=False)
-    window: int | None = struct.field(pytree_node=False, default=None)

@@ -156,8 +156,7 @@ class Decoder(nnx.Module):
         return self._final_norm(x)
 
     def hidden_cached(self, tokens: jax.Array, positions: jax.Array, cache: KVCache,
-                      token_mask: jax.Array, *, fresh: bool = False, window: int | None = None,
-                      starts: jax.Array | None = None,
+                      token_mask: jax.Array, *, fresh: bool = False, starts: jax.Array | None = None,
                       layers: Sequence[DecodeLayer] | None = None) -> tuple[jax.Array, KVCache]:
         """Runs T new tokens [B, T] at positions [B, T] against the cache -> (hidden [B, T, D], new cache).
 
@@ -169,8 +168,8 @@ class Decoder(nnx.Module):
         new keys only ([T, T] scores, not [T, S]), and write their keys into the cache afterwards.
         Otherwise the layers run unrolled, each on its own cache buffer (no per-step copies), with the
         per-layer weights `layers` (default: self.decode_layers() here; a decode loop makes them once outside).
-        window (static) promises that every query's slot is < window: xla attention reads only slots
-        [0, window). starts [B]: see LayerCache.starts (lets a decode kernel read only the filled slots).
+        xla attention reads every slot of the cache (size it with init_cache / KVCache.grow); starts [B]: see
+        LayerCache.starts (lets a decode kernel read only the filled slots).
         """
         t = tokens.shape[1]
         index = cache.index
@@ -191,7 +190,7 @@ class Decoder(nnx.Module):
         layers = self.decode_layers() if layers is None else layers
         k, v = [], []
         for i, blk in enumerate(layers):
-            view = LayerCache(k=cache.k[i], v=cache.v[i], mask=kv_mask, index=index, starts=starts, window=window)
+            view = LayerCache(k=cache.k[i], v=cache.v[i], mask=kv_mask, index=index, starts=starts)
             x, (k_i, v_i) = self._block(blk, x, positions, cache=view)
             k.append(k_i)
             v.append(v_i)
