@@ -51,21 +51,34 @@ def _saving(checkpoints: Path) -> bool:
         return False
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("async_save", [True, False], ids=["async", "sync"])
-def test_ctrl_c_during_a_save_then_resume(straight, env, tmp_path, async_save):
-    workdir = tmp_path / "run"
+def _interrupt_during_a_save(workdir: Path, env, async_save: bool) -> tuple[int, str]:
+    """Runs training and sends Ctrl-C while a save after step 2 is under way -> (exit code, stderr)."""
     proc = subprocess.Popen(_command(workdir, async_save), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
     # The first save after step 2 (compilation is over by then): wait for step 4's temporary folder.
     while proc.poll() is None and time.time() < deadline:
         if (workdir / "checkpoints" / "2").is_dir() and _saving(workdir / "checkpoints"):
+            proc.send_signal(signal.SIGINT)
             break
         time.sleep(0.001)
-    proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130, stderr
+    return proc.returncode, stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("async_save", [True, False], ids=["async", "sync"])
+def test_ctrl_c_during_a_save_then_resume(straight, env, tmp_path, async_save):
+    # The tiny model's saves take milliseconds: on a loaded machine the poll can miss every one of them and the
+    # run ends normally (exit 0). Such attempts say nothing either way, so a few are allowed.
+    codes = []
+    for attempt in range(4):
+        workdir = tmp_path / f"run{attempt}"
+        code, stderr = _interrupt_during_a_save(workdir, env, async_save)
+        codes.append(code)
+        if code != 0:
+            break
+    assert codes[-1] == 130, f"exit codes of the attempts: {codes}\n{stderr}"
     last_line = stderr.strip().splitlines()[-1]
     assert last_line == "error: interrupted (Ctrl-C)" and "Traceback" not in stderr, stderr[-3000:]
     done = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
