@@ -33,7 +33,7 @@ ENV_FLAGS = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}  # torch shares the card 
 COMMAND_BUFFERS = "--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL"
 # Run B's decode HLO split the o_proj and down-proj matmuls over K (a GEMM plus a reduction kernel each): in a
 # launch-bound step, fewer kernels may beat the autotuner's per-kernel choice.
-NO_SPLIT_K = "--xla_gpu_enable_split_k_autotuning=false"
+NO_SPLIT_K = "--xla_gpu_experimental_force_split_k=1"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -236,6 +236,19 @@ def worker_train(args, smoke):
         model_flops = (2 * _body_params(t_cfg) + 6 * _body_params(s_cfg)) * rows_b * seq + head
         out.update(rollout_s=roll_s, update_s=update_s, update_tflops_probe=probe_flops / update_s / 1e12,
                    update_model_tflops=model_flops / update_s / 1e12)
+    if args.get("profile"):  # one more step under the profiler: device time by scope (the trace is not kept)
+        import shutil
+
+        import profile_summary
+        log_dir = Path(args["profile"])
+        try:  # a profiler failure must not cost the row's timings
+            with jax.profiler.trace(str(log_dir), create_perfetto_trace=True):
+                state, metrics = compiled(state, teacher, ids, mask)
+                jax.block_until_ready(metrics)
+            out["profile"] = profile_summary.summarize(log_dir, compiled.as_text())
+        except Exception as e:  # noqa: BLE001
+            out["profile_error"] = f"{type(e).__name__}: {e}"[-500:]
+        shutil.rmtree(log_dir, ignore_errors=True)
     print(out, flush=True)
     return out
 
@@ -294,12 +307,12 @@ def plan():
         ("ceilings", "ceilings", "ceilings", {}, "new", {}, 10),
         ("decode", "decode new", "decode", dict(variants=[dict(name="defaults (xla, 8 tokens/iteration)")]), "new",
          {}, 60),
-        ("train", "train new", "train", dict(steps=3), "new", {}, 95),
+        ("train", "train new", "train", dict(steps=3, profile="OUT/profile"), "new", {}, 130),
         ("hlo", "decode HLO", "hlo", dict(out="OUT/decode_hlo.txt"), "new", {}, 20),
         ("decode", "decode baseline", "decode", dict(variants=[dict(name="baseline")]), "baseline", {}, 45),
         ("train", "train new, remat dots", "train",
          dict(steps=3, student=dict(remat="dots"), teacher=dict(remat="none")), "new", {}, 100),
-        ("decode", "decode new, no split-K", "decode", dict(variants=[dict(name="xla, split-K autotuning off")]),
+        ("decode", "decode new, no split-K", "decode", dict(variants=[dict(name="xla, split-K forced to 1")]),
          "new", {"XLA_FLAGS": NO_SPLIT_K}, 45),
         ("decode", "decode new + command buffers", "decode",
          dict(variants=[dict(name="xla + WHILE/CONDITIONAL command buffers")]), "new",

@@ -65,6 +65,20 @@ def render(results: dict) -> str:
             lines.append(f"| {r['label']} | {r['compile_s']:.1f} | {r['step_s']:.2f} | {roll} | {upd} | {tf} | {mfu} "
                          f"| {r['temp_gib']:.1f} |")
         lines.append("")
+    profiled = next((r for r in train if "profile" in r), None)
+    if profiled:
+        prof = profiled["profile"]
+        total = prof["total_ms"] or 1.0
+        lines += [f"### Where one OPD step's device time goes ({profiled['label']}, jax.profiler)", "",
+                  f"{prof['kernels']} kernels, {prof['total_ms']:.0f} ms of kernel time "
+                  f"({prof['unmatched_ms']:.0f} ms not traced back to a scope). By jax scope "
+                  "(stage / part / direction / block sub-stage), largest first:", "",
+                  "| stage | part | direction | block | ms | share |", "|---|---|---|---|---|---|"]
+        for row in prof["by_scope"][:16]:
+            lines.append(f"| {row['stage']} | {row['part']} | {row['direction']} | {row['block']} | "
+                         f"{row['ms']:.1f} | {row['ms'] / total:.1%} |")
+        lines += ["", "Largest kernels: " + ", ".join(
+            f"`{k['name'][:60]}` {k['ms']:.0f} ms ({k['count']}x)" for k in prof["top_kernels"][:10]) + ".", ""]
     hlo = next(iter(_runs(results, "hlo")), None)
     if hlo and "cache_writes" in hlo:
         writes = ", ".join(f"`{w}`" for w in hlo["cache_writes"]) or "none"
