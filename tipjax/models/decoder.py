@@ -80,14 +80,14 @@ class DecodeLayer:
 
     wqkv [D, K, G + 2, H]: per kv head, its G query heads, then its key, then its value (grouped by kv head,
     so sharding kv heads over `tensor` keeps each group on one device); bqkv [K, G + 2, H] or None;
-    w_gate_up [D, 2, F]. The rest as in Blocks, for one layer.
+    qk_norm [G + 1, H] or None: q_norm for each of the G query heads, then k_norm, so one normalisation (and
+    one rotation) covers a kv group's queries and key; w_gate_up [D, 2, F]. The rest as in Blocks, for one layer.
     """
 
     attn_norm: jax.Array
     wqkv: jax.Array
     bqkv: jax.Array | None
-    q_norm: jax.Array | None
-    k_norm: jax.Array | None
+    qk_norm: jax.Array | None
     wo: jax.Array
     mlp_norm: jax.Array
     w_gate_up: jax.Array
@@ -107,9 +107,12 @@ class DecodeLayer:
 
         d = cfg.hidden_size
         bqkv = None if blocks.bq is None else stack_qkv(get(blocks.bq), get(blocks.bk), get(blocks.bv), ())
+        qk_norm = None
+        if blocks.q_norm is not None:
+            qk_norm = jnp.concatenate([jnp.broadcast_to(get(blocks.q_norm), (g, h)), get(blocks.k_norm)[None]])
         return cls(attn_norm=get(blocks.attn_norm),
                    wqkv=stack_qkv(get(blocks.wq), get(blocks.wk), get(blocks.wv), (d,)), bqkv=bqkv,
-                   q_norm=get(blocks.q_norm), k_norm=get(blocks.k_norm), wo=get(blocks.wo),
+                   qk_norm=qk_norm, wo=get(blocks.wo),
                    mlp_norm=get(blocks.mlp_norm), w_gate_up=jnp.stack([get(blocks.w_gate), get(blocks.w_up)], 1),
                    w_down=get(blocks.w_down))
 
@@ -244,28 +247,23 @@ class Decoder(nnx.Module):
         with jax.named_scope("attn_norm"):
             h = ops.rms_norm(x, w(blk.attn_norm), cfg.rms_norm_eps)
         b, t = h.shape[:2]
-        with jax.named_scope("qkv"):
-            h2 = ops.flat_tokens(h)  # M = B * T tokens (see ops.flat_tokens)
-            if isinstance(blk, DecodeLayer):
-                qkv = jnp.einsum("MD,DKEH->MKEH", h2, w(blk.wqkv))
-                if cfg.qkv_bias:
-                    qkv = qkv + w(blk.bqkv)
-                g = cfg.num_heads // cfg.num_kv_heads
-                q = qkv[:, :, :g].reshape(b, t, cfg.num_heads, cfg.head_dim)
-                k, v = (qkv[:, :, j].reshape(b, t, cfg.num_kv_heads, cfg.head_dim) for j in (g, g + 1))
-            else:
+        inv_freq = ops.rope_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
+        if isinstance(blk, DecodeLayer):
+            q, k, v = self._decode_qkv(blk, h, positions, inv_freq)
+        else:
+            with jax.named_scope("qkv"):
+                h2 = ops.flat_tokens(h)  # M = B * T tokens (see ops.flat_tokens)
                 q = jnp.einsum("MD,DNH->MNH", h2, w(blk.wq)).reshape(b, t, cfg.num_heads, cfg.head_dim)
                 k = jnp.einsum("MD,DKH->MKH", h2, w(blk.wk)).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
                 v = jnp.einsum("MD,DKH->MKH", h2, w(blk.wv)).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
                 if cfg.qkv_bias:
                     q, k, v = q + w(blk.bq), k + w(blk.bk), v + w(blk.bv)
-            if cfg.qk_norm:
-                q = ops.rms_norm(q, w(blk.q_norm), cfg.rms_norm_eps)
-                k = ops.rms_norm(k, w(blk.k_norm), cfg.rms_norm_eps)
-        with jax.named_scope("rope"):
-            inv_freq = ops.rope_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
-            q = ops.rope(q, positions, inv_freq)
-            k = ops.rope(k, positions, inv_freq)
+                if cfg.qk_norm:
+                    q = ops.rms_norm(q, w(blk.q_norm), cfg.rms_norm_eps)
+                    k = ops.rms_norm(k, w(blk.k_norm), cfg.rms_norm_eps)
+            with jax.named_scope("rope"):
+                q = ops.rope(q, positions, inv_freq)
+                k = ops.rope(k, positions, inv_freq)
         with jax.named_scope("attention"):
             settings = dict(backend=cfg.attention, query_chunk=cfg.query_chunk)
             if cache is None:
@@ -281,6 +279,25 @@ class Decoder(nnx.Module):
             else:
                 x = x + ops.swiglu(h, w(blk.w_gate), w(blk.w_up), w(blk.w_down))
         return x, kv
+
+
+    def _decode_qkv(self, blk: DecodeLayer, h: jax.Array, positions: jax.Array, inv_freq) -> tuple[jax.Array, ...]:
+        """q [B, T, N, H], k and v [B, T, K, H] from one stacked matmul; each kv group's G queries and its key are
+        normalised and rotated as one [.., G + 1, H] block (fewer, larger kernels in a launch-bound step)."""
+        cfg = self.config
+        b, t = h.shape[:2]
+        kv, g, hd = cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads, cfg.head_dim
+        dtype = cfg.compute_dtype
+        with jax.named_scope("qkv"):
+            qkv = jnp.einsum("MD,DKEH->MKEH", ops.flat_tokens(h), blk.wqkv.astype(dtype))
+            if cfg.qkv_bias:
+                qkv = qkv + blk.bqkv.astype(dtype)
+            qk, v = qkv[:, :, :g + 1], qkv[:, :, g + 1]
+            if cfg.qk_norm:
+                qk = ops.rms_norm(qk, blk.qk_norm.astype(dtype), cfg.rms_norm_eps)
+        with jax.named_scope("rope"):
+            qk = ops.rope(qk.reshape(b, t, kv * (g + 1), hd), positions, inv_freq).reshape(b, t, kv, g + 1, hd)
+        return qk[:, :, :, :g].reshape(b, t, cfg.num_heads, hd), qk[:, :, :, g], v.reshape(b, t, kv, hd)
 
 
 def _random_arrays(cfg: ModelConfig, rng: jax.Array) -> dict[str, jax.Array]:
