@@ -284,7 +284,8 @@ def worker_hlo(args, smoke):
                 while_loops=len(re.findall(r" while\(", text)), instructions=len(re.findall(r"^\s+\S+ = ", text, re.M)))
 
 
-WORKERS = {"hlo": worker_hlo, "ceilings": worker_ceilings, "decode": worker_decode, "forward": worker_forward, "train": worker_train}
+WORKERS = {"hlo": worker_hlo, "ceilings": worker_ceilings, "decode": worker_decode, "forward": worker_forward,
+           "train": worker_train}
 
 
 def worker_main(name: str, args: dict, smoke: bool) -> None:

@@ -16,7 +16,7 @@ import pytest
 from tipjax import workdir as workdir_lib
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = 12
+STEPS = 20  # saves at 2, 4, ..., 20: nine chances to catch one in progress
 ARGS = ["--config=configs/tiny.py:soft_or50", f"--config.total_steps={STEPS}", "--config.checkpoint.every=2",
         "--config.checkpoint.keep=2", "--config.mesh.data=1", "--config.timing_every=0"]
 
@@ -51,14 +51,23 @@ def _saving(checkpoints: Path) -> bool:
         return False
 
 
+def _finished(checkpoints: Path) -> bool:
+    """Whether a save has completed (a step folder exists)."""
+    try:
+        return any(entry.name.isdigit() for entry in os.scandir(checkpoints))
+    except FileNotFoundError:
+        return False
+
+
 def _interrupt_during_a_save(workdir: Path, env, async_save: bool) -> tuple[int, str]:
     """Runs training and sends Ctrl-C while a save after step 2 is under way -> (exit code, stderr)."""
     proc = subprocess.Popen(_command(workdir, async_save), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
-    # The first save after step 2 (compilation is over by then): wait for step 4's temporary folder.
+    # Any save after the first (compilation is over by then): a finished step folder and a temporary one.
+    # (Not "step 2 and a temporary folder": with keep=2, step 2's folder is gone once step 6 is saved.)
     while proc.poll() is None and time.time() < deadline:
-        if (workdir / "checkpoints" / "2").is_dir() and _saving(workdir / "checkpoints"):
+        if _finished(workdir / "checkpoints") and _saving(workdir / "checkpoints"):
             proc.send_signal(signal.SIGINT)
             break
         time.sleep(0.001)

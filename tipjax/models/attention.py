@@ -3,7 +3,8 @@
 Shape letters as in decoder.py: B batch, T queries, S key slots, N query heads, K kv heads, G = N // K, H head dim.
 
 The mask is described, not materialised: causal flag, the key slot of query 0 (cache decode), key validity
-(padding) and optional segment ids. A fused kernel can take that as is; the XLA backend builds the boolean [B, T, S] mask itself, one query chunk at a time.
+(padding) and optional segment ids. A fused kernel can take that as is; the XLA backend builds the boolean
+[B, T, S] mask itself, one query chunk at a time.
 
 Backends (ModelConfig.attention):
   "xla"       einsums with fp32 scores and softmax, queries in chunks of `query_chunk` rows (rematerialised

@@ -280,7 +280,6 @@ class Decoder(nnx.Module):
                 x = x + ops.swiglu(h, w(blk.w_gate), w(blk.w_up), w(blk.w_down))
         return x, kv
 
-
     def _decode_qkv(self, blk: DecodeLayer, h: jax.Array, positions: jax.Array, inv_freq) -> tuple[jax.Array, ...]:
         """q [B, T, N, H], k and v [B, T, K, H] from one stacked matmul; each kv group's G queries and its key are
         normalised and rotated as one [.., G + 1, H] block (fewer, larger kernels in a launch-bound step)."""
