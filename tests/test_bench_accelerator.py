@@ -21,8 +21,9 @@ def test_smoke_runs_on_cpu(tmp_path):
     assert results["smoke"] and set(runs) == {"ceilings", "hlo"}
     assert "error" not in runs["ceilings"] and runs["ceilings"]["copy_bytes_per_s"] > 0
     assert runs["hlo"]["cache_copies"] == [] and runs["hlo"]["while_loops"] >= 1
-    # No window slice of the cache (XLA:CPU converts a bf16 cache to f32 for its dots: those are the writes seen).
-    assert not [w for w in runs["hlo"]["cache_writes"] if "slice" in w], runs["hlo"]["cache_writes"]
+    # The row's fields for the docs. (XLA:CPU fuses a window slice into its dot, so the slice guard is the jaxpr
+    # test in test_decode_paths.py; here the writes listed are CPU's f32 converts of the bf16 cache.)
+    assert isinstance(runs["hlo"]["cache_writes"], list) and runs["hlo"]["decode_kernels"] > 0
     assert "Ceilings measured in the run" in proc.stdout and "### Compiled decode loop" in proc.stdout
 
 

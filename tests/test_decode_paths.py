@@ -188,12 +188,13 @@ def _cache_slices(jaxpr, kv_shape, min_slots: int) -> list[str]:
             shape = getattr(eqn.invars[0].aval, "shape", ())
             if len(shape) == 4 and (shape[0], shape[1], shape[3]) == kv_shape and shape[2] >= min_slots:
                 found.append(f"{eqn.primitive.name} of {shape}")
-        for sub in jax.core.subjaxprs(eqn.params) if hasattr(jax.core, "subjaxprs") else _subjaxprs(eqn.params):
+        for sub in _subjaxprs(eqn.params):
             found += _cache_slices(sub, kv_shape, min_slots)
     return found
 
 
 def _subjaxprs(params):
+    """The jaxprs an equation's params hold (loop bodies, called functions)."""
     for value in params.values():
         for v in value if isinstance(value, (tuple, list)) else (value,):
             if hasattr(v, "jaxpr") and hasattr(v, "consts"):  # ClosedJaxpr
