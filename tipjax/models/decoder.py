@@ -215,7 +215,7 @@ class Decoder(nnx.Module):
 
     def logits(self, h: jax.Array) -> jax.Array:
         """h [..., D] -> logits [..., V] float32 (fp32 accumulation whatever the compute dtype)."""
-        return jnp.einsum("...D,DV->...V", h, self.head().astype(h.dtype), preferred_element_type=jnp.float32)
+        return ops.logits(h, self.head())
 
     # -- internals ------------------------------------------------------------------------------------------
 

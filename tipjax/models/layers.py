@@ -76,3 +76,34 @@ def flat_tokens(x: jax.Array) -> jax.Array:
     """[B, T, ...] -> [M = B * T, ...]. Projections on flat tokens make every weight gradient a dot with one
     contracting dimension; XLA:CPU runs the two-contracting-dim form ('BTD,BTF->DF') about 2.5x slower."""
     return x.reshape((x.shape[0] * x.shape[1],) + x.shape[2:])
+
+
+@jax.custom_vjp
+def logits(h: jax.Array, w: jax.Array) -> jax.Array:
+    """h [..., D] @ w [D, V] -> fp32 logits [..., V]: multiplied in h's (compute) dtype, accumulated in fp32.
+
+    The gradients likewise: autodiff of an fp32-accumulated dot would multiply the fp32 cotangent with the bf16
+    operands in fp32 (TF32 GEMMs on GPUs, the size of the head). dh comes back in h's dtype and dw in w's
+    (an fp32 master head gets an fp32-accumulated gradient).
+    """
+    return _logits(h, w)
+
+
+def _logits(h, w):
+    return jnp.einsum("...D,DV->...V", h, w.astype(h.dtype), preferred_element_type=jnp.float32)
+
+
+def _logits_fwd(h, w):
+    return _logits(h, w), (h, w)
+
+
+def _logits_bwd(res, g):
+    h, w = res
+    g = g.astype(h.dtype)
+    dh = jnp.einsum("...V,DV->...D", g, w.astype(h.dtype), preferred_element_type=jnp.float32)
+    h2, g2 = h.reshape(-1, h.shape[-1]), g.reshape(-1, g.shape[-1])  # one contracting dim (see flat_tokens)
+    dw = jnp.einsum("MD,MV->DV", h2, g2, preferred_element_type=jnp.float32)
+    return dh.astype(h.dtype), dw.astype(w.dtype)
+
+
+logits.defvjp(_logits_fwd, _logits_bwd)

@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from tipjax.models import layers
+
 
 def _layout(n_pos, chunk_size):
     c = max(1, min(chunk_size, n_pos))
@@ -67,8 +69,11 @@ def zero_unweighted(student_hidden, teacher_hidden, weight):
 
 
 def project(hidden, head):
-    """Logits of one chunk in fp32: [C, D] @ [D, V] -> [C, V], accumulated in fp32 whatever the input dtypes."""
-    dtype = jnp.promote_types(hidden.dtype, head.dtype)
-    return jnp.einsum(
-        "CD,DV->CV", hidden.astype(dtype), head.astype(dtype), preferred_element_type=jnp.float32
-    )
+    """Logits of one chunk in fp32: [C, D] @ [D, V] -> [C, V], multiplied in the hidden state's (compute) dtype
+    and accumulated in fp32, gradients too (`layers.logits`, which `Decoder.logits` is).
+
+    Not the promoted dtype: an fp32 master head against bf16 hidden states made this the step's largest fp32
+    (TF32 on GPUs) matmul, three of them with its gradients, and the loss scored other logits than the
+    sampler drew from.
+    """
+    return layers.logits(hidden, head)

@@ -174,14 +174,15 @@ def chunked_divergence(
     stats.position_stats (without jsd).
     """
     b, p = student_hidden.shape[:2]
-    # The head gradient is summed over chunks inside the scan; an fp32 copy makes that sum fp32 even for bf16 heads.
+    # The head gradient is summed over chunks inside the scan; an fp32 copy makes that sum fp32 even for bf16 heads
+    # (chunks.project multiplies in the hidden states' dtype either way).
     head_s = student_head.astype(jnp.float32)
     flat_tokens = None if tokens is None else tokens.reshape(b * p).astype(jnp.int32)
     arrays = (student_hidden.reshape(b * p, -1), teacher_hidden.reshape(b * p, -1), scale.reshape(b * p), flat_tokens)
 
     def chunk_loss(chunk):
         hs, ht = chunks.zero_unweighted(chunk[0], chunk[1], chunk[2])
-        logits_s = chunks.project(hs, head_s.astype(student_head.dtype))
+        logits_s = chunks.project(hs, head_s)
         logits_t = chunks.project(ht, teacher_head)
         out = {}
         if with_stats:

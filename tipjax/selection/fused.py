@@ -16,15 +16,11 @@ import jax.numpy as jnp
 from tipjax.selection import chunks, losses, stats
 
 
-def _compute_dtype(hidden, head):
-    return jnp.promote_types(hidden.dtype, head.dtype)
-
-
 def _scan(
     student_hidden, student_head, teacher_hidden, teacher_head, scale, tokens, divergence, beta, chunk_size, with_stats, grads
 ):
     """Returns (total, per-position stats) and, if grads, (dh [N, Ds], dW [Ds, V] fp32)."""
-    dtype = _compute_dtype(student_hidden, student_head)
+    dtype = student_hidden.dtype  # chunks.project's: the matmuls run in the compute dtype, fp32-accumulated
 
     def step(carry, chunk):
         hs, ht, w, tok = chunk
