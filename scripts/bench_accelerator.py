@@ -1,6 +1,6 @@
 """tipjax on one accelerator: decode, forward and the OPD step, against a baseline measured in the same run.
 
-    python scripts/bench_accelerator.py OUT_DIR [--smoke] [--baseline DIR] [--budget SECONDS] [--only a,b]
+    python scripts/bench_accelerator.py OUT_DIR [--smoke] [--baseline DIR] [--budget SECONDS] [--only ROWS]
     python scripts/bench_accelerator.py --render OUT_DIR/bench_accelerator.json [--write-docs]
 
 Rows (the shapes of ../shared/tools/accel_probe.py, so numbers compare with its table):
@@ -14,7 +14,8 @@ Rows (the shapes of ../shared/tools/accel_probe.py, so numbers compare with its 
              compile s, step s, rollout-alone s, update s and update TFLOP/s
 Each measurement runs in its own process (a crash or an XLA flag stays there). `--baseline DIR` is another
 tipjax checkout (e.g. `git archive <commit> | tar -x -C DIR`): its rows run with DIR on PYTHONPATH. Sections
-are skipped once `--budget` seconds are spent. `--smoke` runs tiny shapes on CPU (a dry run of the script).
+are skipped once `--budget` seconds are spent; `--only` takes sections or row labels, separated by ";".
+`--smoke` runs tiny shapes on CPU (a dry run of the script).
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ COMMAND_BUFFERS = "--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM
 # Run B's decode HLO split the o_proj and down-proj matmuls over K (a GEMM plus a reduction kernel each): in a
 # launch-bound step, fewer kernels may beat the autotuner's per-kernel choice.
 NO_SPLIT_K = "--xla_gpu_experimental_force_split_k=1"
+# XLA:GPU captures only runs of at least this many kernels into a CUDA graph; a decode step is ~500 small ones.
+MIN_GRAPH_1 = "--xla_gpu_graph_min_graph_size=1"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -109,7 +112,7 @@ def _decode_rows(model, cfg, variant, tp, new, smoke, rows):
     import numpy as np
     from tipjax import sampling
 
-    for b in ((2, 4) if smoke else (8, 64)):
+    for b in variant.get("batches", (2, 4) if smoke else (8, 64)):
         ids = jnp.asarray(np.random.default_rng(0).integers(3, min(cfg.vocab_size, 50000), (b, tp)), jnp.int32)
         mask = jnp.ones_like(ids)
 
@@ -126,7 +129,29 @@ def _decode_rows(model, cfg, variant, tp, new, smoke, rows):
         weight_bytes = 2 * (_body_params(cfg) + cfg.hidden_size * cfg.vocab_size)
         rows.append(dict(variant=variant["name"], batch=b, ms_per_step=seconds / new * 1e3,
                          compile_s=first - seconds, bytes_per_step=weight_bytes + kv_bytes))
+        if variant.get("profile"):
+            rows[-1].update(_decode_profile(run, Path(variant["profile"]) / f"b{b}", new))
         print(rows[-1], flush=True)
+
+
+def _decode_profile(run, log_dir, new) -> dict:
+    """One more call under jax.profiler: kernels and kernel time per decode step, and the share of the call's
+    kernel span the device was busy (low: the step is bound by launches, not by the kernels)."""
+    import shutil
+
+    import jax
+    import profile_summary
+    try:  # a profiler failure must not cost the row's timings
+        with jax.profiler.trace(str(log_dir), create_perfetto_trace=True):
+            run()
+        p = profile_summary.summarize(log_dir, "", top=8)
+    except Exception as e:  # noqa: BLE001
+        return dict(profile_error=f"{type(e).__name__}: {e}"[-500:])
+    finally:
+        shutil.rmtree(log_dir, ignore_errors=True)
+    return dict(kernels_per_step=p["kernels"] / new, kernel_ms_per_step=p["total_ms"] / new,
+                busy_share=p["total_ms"] / max(p["span_ms"], 1e-9),
+                top_kernels=[dict(k, ms=k["ms"] / new, count=k["count"] / new) for k in p["top_kernels"]])
 
 
 def worker_forward(args, smoke):
@@ -310,6 +335,11 @@ def plan():
          {}, 60),
         ("train", "train new", "train", dict(steps=3, profile="OUT/profile"), "new", {}, 130),
         ("hlo", "decode HLO", "hlo", dict(out="OUT/decode_hlo.txt"), "new", {}, 20),
+        ("decode", "decode new b64, profiled", "decode",
+         dict(variants=[dict(name="defaults, profiled", batches=[64], profile="OUT/decode_profile")]), "new", {}, 35),
+        ("decode", "decode new b64, graphs from 1 kernel", "decode",
+         dict(variants=[dict(name="xla, --xla_gpu_graph_min_graph_size=1", batches=[64])]), "new",
+         {"XLA_FLAGS": MIN_GRAPH_1}, 30),
         ("decode", "decode baseline", "decode", dict(variants=[dict(name="baseline")]), "baseline", {}, 45),
         ("train", "train new, remat dots", "train",
          dict(steps=3, student=dict(remat="dots"), teacher=dict(remat="none")), "new", {}, 100),
@@ -326,6 +356,8 @@ def plan():
         ("forward", "forward baseline", "forward", dict(backends=[None]), "baseline", {}, 25),
         ("decode", "decode new, pallas", "decode",
          dict(variants=[dict(name="pallas kernel, 8 tokens/iteration", model=pallas)]), "new", {}, 60),
+        # For a short follow-up run (`--only "train new, no profile"`): the step's numbers without the profile.
+        ("train", "train new, no profile", "train", dict(steps=2), "new", {}, 100),
     ]
 
 
@@ -334,7 +366,7 @@ def run_plan(out_dir: Path, smoke: bool, baseline: str | None, budget: float, on
     results = dict(smoke=smoke, date=time.strftime("%Y-%m-%d"), runs=[])
     start = time.perf_counter()
     for section, label, worker, args, code, env_extra, need in plan():
-        if only and section not in only:
+        if only and section not in only and label not in only:
             continue
         if code == "baseline" and not baseline:
             continue
@@ -386,7 +418,8 @@ def main(argv=None):
     else:
         if not a.out:
             p.error("OUT_DIR is required")
-        results = run_plan(Path(a.out), a.smoke, a.baseline, a.budget, [s for s in a.only.split(",") if s])
+        only = [s.strip() for s in a.only.split(";") if s.strip()]
+        results = run_plan(Path(a.out), a.smoke, a.baseline, a.budget, only)
     table = bench_accelerator_docs.render(results)
     print(table)
     if a.write_docs:

@@ -41,6 +41,17 @@ def render(results: dict) -> str:
                          f"| {label} | {row['variant']} | {row['batch']} | {row['ms_per_step']:.3f} | - | - | "
                          f"{row['compile_s']:.1f} |")
         lines.append("")
+    profiled_decode = [(label, row) for label, row in decode if "busy_share" in row]
+    if profiled_decode:
+        lines += ["Decode under jax.profiler (one more call): kernels and kernel time per step, and the share of the "
+                  "kernels' span the device was busy.", "",
+                  "| code | batch | kernels / step | kernel ms / step | ms / step | device busy | largest kernels / step |",
+                  "|---|---|---|---|---|---|---|"]
+        for label, row in profiled_decode:
+            top = ", ".join(f"`{k['name'][:40]}` {k['ms'] * 1e3:.0f} µs" for k in row["top_kernels"][:4])
+            lines.append(f"| {label} | {row['batch']} | {row['kernels_per_step']:.0f} | "
+                         f"{row['kernel_ms_per_step']:.3f} | {row['ms_per_step']:.3f} | {row['busy_share']:.0%} | {top} |")
+        lines.append("")
     forward = [row for r in _runs(results, "forward") for row in
                [dict(x, label=r["label"]) for x in r["rows"]]]
     if forward:
@@ -70,7 +81,8 @@ def render(results: dict) -> str:
         prof = profiled["profile"]
         total = prof["total_ms"] or 1.0
         lines += [f"### Where one OPD step's device time goes ({profiled['label']}, jax.profiler)", "",
-                  f"{prof['kernels']} kernels, {prof['total_ms']:.0f} ms of kernel time "
+                  f"{prof['kernels']} kernels, {prof['total_ms']:.0f} ms of kernel time"
+                  + (f" in a span of {prof['span_ms']:.0f} ms " if prof.get("span_ms") else " ") +
                   f"({prof['unmatched_ms']:.0f} ms not traced back to a scope). By jax scope "
                   "(stage / part / direction / block sub-stage), largest first:", "",
                   "| stage | part | direction | block | ms | share |", "|---|---|---|---|---|---|"]

@@ -114,7 +114,8 @@ def _leaves(events: list[dict]) -> list[dict]:
 
 
 def summarize(log_dir: str | Path, hlo_text: str, top: int = 30) -> dict:
-    """Device milliseconds in total, by (stage, part, direction, block sub-stage), and the `top` kernels."""
+    """Device milliseconds in total and the span they lie in, by (stage, part, direction, block sub-stage), and
+    the `top` kernels."""
     names = op_names(hlo_text)
     by_scope, by_kernel = collections.Counter(), collections.Counter()
     counts, unmatched = collections.Counter(), 0.0
@@ -131,7 +132,9 @@ def summarize(log_dir: str | Path, hlo_text: str, top: int = 30) -> dict:
         by_kernel[e["name"]] += ms
         counts[e["name"]] += 1
     total = sum(by_scope.values())
+    # First kernel start to last kernel end: total / span is the share of that time the device was busy.
+    span = (max(e["ts"] + e["dur"] for e in events) - min(e["ts"] for e in events)) / 1e3 if events else 0.0
     return dict(
-        total_ms=total, kernels=len(events), unmatched_ms=unmatched,
+        total_ms=total, span_ms=span, kernels=len(events), unmatched_ms=unmatched,
         by_scope=[dict(stage=k[0], part=k[1], direction=k[2], block=k[3], ms=v) for k, v in by_scope.most_common()],
         top_kernels=[dict(name=k, ms=v, count=counts[k]) for k, v in by_kernel.most_common(top)])
