@@ -126,7 +126,8 @@ def _decode_rows(model, cfg, variant, tp, new, smoke, rows):
         run()
         first = time.perf_counter() - t0
         seconds = _median_time(run, 3)
-        kv_bytes = b * (tp + new / 2) * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * 2 * 2
+        cache_bytes = jnp.dtype(variant.get("generate", {}).get("cache_dtype") or cfg.compute_dtype).itemsize
+        kv_bytes = b * (tp + new / 2) * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * 2 * cache_bytes
         weight_bytes = 2 * (_body_params(cfg) + cfg.hidden_size * cfg.vocab_size)
         rows.append(dict(variant=variant["name"], batch=b, ms_per_step=seconds / new * 1e3,
                          compile_s=first - seconds, bytes_per_step=weight_bytes + kv_bytes))
@@ -221,7 +222,7 @@ def worker_train(args, smoke):
     teacher = models.init(t_cfg, jax.random.PRNGKey(1), mesh=mesh)
     opt = build.Optimization(OptimSpec(), 1000, student, mesh)
     settings = step_lib.StepSettings(
-        rollout=RolloutSpec(samples_per_prompt=n, max_new_tokens=new),
+        rollout=RolloutSpec(samples_per_prompt=n, max_new_tokens=new, **args.get("rollout_spec", {})),
         selection=SelectionSpec(rule=args.get("rule", "all")),
         eos_ids=(), vocab=s_cfg.vocab_size, micro_batches=4, param_shardings=opt.state_shardings.model,
         split_sharding=build.split_sharding(mesh))
@@ -342,6 +343,12 @@ def plan():
         ("decode", "decode new b64, profiled, command buffers off", "decode",
          dict(variants=[dict(name="defaults, profiled", batches=[64], profile="OUT/decode_profile")]), "new",
          {"XLA_FLAGS": NO_COMMAND_BUFFERS}, 35),
+        # The rollout's one lever on bytes: a float8 KV cache halves what a step reads at long windows.
+        ("train", "train new, float8 KV cache in the rollout", "train",
+         dict(steps=2, rollout_spec=dict(kv_cache_dtype="float8_e4m3fn")), "new", {}, 100),
+        ("decode", "decode new, float8 KV cache", "decode",
+         dict(variants=[dict(name="xla, float8_e4m3fn cache", generate=dict(cache_dtype="float8_e4m3fn"))]),
+         "new", {}, 50),
         ("decode", "decode new b64, graphs from 1 kernel", "decode",
          dict(variants=[dict(name="xla, --xla_gpu_graph_min_graph_size=1", batches=[64])]), "new",
          {"XLA_FLAGS": MIN_GRAPH_1}, 30),

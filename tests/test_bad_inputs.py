@@ -172,6 +172,8 @@ CASES = [
     ("train-samples-per-prompt-zero", "train", _train("--config.rollout.samples_per_prompt=0"), 2,
      ["rollout.samples_per_prompt"]),
     ("train-prompts-per-step-zero", "train", _train("--config.prompts_per_step=0"), 2, ["prompts_per_step"]),
+    ("train-kv-cache-dtype-int8", "train", _train("--config.rollout.kv_cache_dtype=int8"), 2,
+     ["rollout.kv_cache_dtype", "float8_e4m3fn"]),
     ("train-keep-zero", "train", _train("--config.checkpoint.keep=0"), 2, ["checkpoint.keep"]),
     ("train-ratio-above-one", "train", _train("--config.selection.ratio=1.5"), 2, ["selection.ratio"]),
     ("train-unknown-rule", "train", _train("--config.selection.rule=bogus"), 2, ["selection.rule"]),

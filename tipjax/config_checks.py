@@ -71,6 +71,7 @@ def validate(cfg: TrainConfig, *, dry_run: bool = False, prepared: bool = False)
     prepared: cfg.prepare has run; before that, the folders and files it builds are not checked.
     """
     from tipjax import selection
+    from tipjax.models.cache import CACHE_DTYPES
 
     _check(cfg.prepare == "" or cfg.prepare.count(":") == 1, "prepare", cfg.prepare, "must be 'module:function'")
     files = prepared or not cfg.prepare
@@ -98,6 +99,8 @@ def validate(cfg: TrainConfig, *, dry_run: bool = False, prepared: bool = False)
     if vocab is not None:
         _check(all(e < vocab for e in r.eos_token_id), "rollout.eos_token_id", r.eos_token_id,
                f"must be token ids inside the student's vocabulary [0, {vocab})")
+    _check(r.kv_cache_dtype in ("",) + CACHE_DTYPES, "rollout.kv_cache_dtype", r.kv_cache_dtype,
+           f"must be '' (the compute dtype) or one of {', '.join(CACHE_DTYPES)}")
     _check(cfg.prompts_per_step >= 1, "prompts_per_step", cfg.prompts_per_step, "must be >= 1")
     n_rows = cfg.prompts_per_step * r.samples_per_prompt
     _check(r.groups >= 1 and n_rows % r.groups == 0, "rollout.groups", r.groups,

@@ -87,6 +87,7 @@ class RolloutSpec:
     top_k: int = 0
     eos_token_id: tuple[int, ...] = ()   # default: the student's config eos ids
     groups: int = 1                  # sample the batch in this many sequential row groups: KV cache / groups
+    kv_cache_dtype: str = ""         # "" = compute dtype; float8_e4m3fn halves the KV bytes a decode step reads
 
 
 @dataclasses.dataclass(frozen=True)

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tipjax.models import attention, positions_from_mask
+from tipjax.models.cache import check_cache_dtype
 
 __all__ = ["SampleOutput", "SamplerState", "DecodeSettings", "generate", "bucket_size", "DEFAULT_BUCKETS",
            "sample_logits"]
@@ -304,6 +305,8 @@ def generate(model, prompt_ids: jax.Array, prompt_mask: jax.Array, *, max_new_to
       pad_token_id: filler after a row's EOS (default: the first EOS id, else 0).
       buckets: prompt length buckets (default powers of two up to 32768); Tp is left padded up to its bucket
         for the compiled program and the output is sliced back to Tp + max_new_tokens columns.
+      cache_dtype: the KV cache's dtype (default the compute dtype; see models.cache.CACHE_DTYPES). float8
+        halves the bytes each decode step reads, at the price of attending over rounded keys and values.
       segments: decode-loop segments with growing attention windows (see `segment_ends`; default automatic).
       steps_per_loop: tokens per decode-loop iteration (default `default_steps_per_loop()`); rows stop at EOS
         all the same, the loop only checks for "every row finished" once per iteration.
@@ -329,6 +332,7 @@ def generate(model, prompt_ids: jax.Array, prompt_mask: jax.Array, *, max_new_to
     if extra:
         prompt_ids = jnp.pad(prompt_ids, ((0, 0), (extra, 0)))
         prompt_mask = jnp.pad(prompt_mask, ((0, 0), (extra, 0)))
+    cache_dtype = check_cache_dtype(cache_dtype)
     steps_per_loop = default_steps_per_loop() if steps_per_loop is None else steps_per_loop
     if not isinstance(steps_per_loop, (int, np.integer)) or steps_per_loop < 1:
         raise ValueError(f"steps_per_loop must be a positive int, got {steps_per_loop!r}")

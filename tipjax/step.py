@@ -78,7 +78,8 @@ def _rollout(settings: StepSettings, params, prompt_ids, prompt_mask, rng) -> sa
     if settings.sampling_shardings is not None:
         params = jax.lax.with_sharding_constraint(params, settings.sampling_shardings)
     kwargs = dict(max_new_tokens=roll.max_new_tokens, temperature=roll.temperature, top_p=roll.top_p,
-                  top_k=roll.top_k, eos_token_id=settings.eos_ids or None, buckets=(prompt_ids.shape[1],))
+                  top_k=roll.top_k, eos_token_id=settings.eos_ids or None, buckets=(prompt_ids.shape[1],),
+                  cache_dtype=roll.kv_cache_dtype or None)
     if roll.groups == 1:
         return sampling.generate(params, prompt_ids, prompt_mask, rng=rng, num_samples=roll.samples_per_prompt,
                                  **kwargs)

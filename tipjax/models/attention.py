@@ -40,7 +40,7 @@ from flax import struct
 from jax.extend import backend as jax_backend
 
 from tipjax.models import splash
-from tipjax.models.cache import LayerCache
+from tipjax.models.cache import LayerCache, to_cache
 from tipjax.models.config import ATTENTION_BACKENDS as BACKENDS
 from tipjax.models.config import DECODE_ATTENTION_BACKENDS, DEFAULT_QUERY_CHUNK
 
@@ -189,8 +189,8 @@ def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, cache: LayerCache
     """
     b, t = q.shape[:2]
     at = (0, 0, cache.index, 0)
-    k_layer = jax.lax.dynamic_update_slice(cache.k, k.swapaxes(1, 2).astype(cache.k.dtype), at)
-    v_layer = jax.lax.dynamic_update_slice(cache.v, v.swapaxes(1, 2).astype(cache.v.dtype), at)
+    k_layer = jax.lax.dynamic_update_slice(cache.k, to_cache(k.swapaxes(1, 2), cache.k.dtype), at)
+    v_layer = jax.lax.dynamic_update_slice(cache.v, to_cache(v.swapaxes(1, 2), cache.v.dtype), at)
     if cache.fresh:
         # Index 0 is promised, so slots [0, T) of the mask are this call's tokens and the offset is static.
         out = attention(q, k, v, AttentionMask(kv_valid=cache.mask[:, :t]), backend=backend,

@@ -14,11 +14,39 @@ import jax.numpy as jnp
 from flax import struct
 
 
+# Dtypes a cache may be stored in. float8 halves the bytes a decode step reads at long windows (a rollout knob:
+# the sampler then attends over rounded keys and values; the trainer's forward does not).
+CACHE_DTYPES = ("bfloat16", "float16", "float32", "float8_e4m3fn", "float8_e5m2")
+
+
+def check_cache_dtype(dtype) -> jnp.dtype | None:
+    """None (the compute dtype) or one of CACHE_DTYPES, as a dtype; anything else is a ValueError."""
+    if dtype is None:
+        return None
+    try:
+        dt = jnp.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt is None or dt.name not in CACHE_DTYPES:
+        raise ValueError(f"cache dtype {dtype!r} is not supported; valid: {', '.join(CACHE_DTYPES)}")
+    return dt
+
+
+def to_cache(x: jax.Array, dtype) -> jax.Array:
+    """x in the cache's dtype. float8 values beyond the format's range are clipped to it: a plain cast turns
+    them into NaN (e4m3fn has no infinity), and one NaN key poisons every later query of its row."""
+    dtype = jnp.dtype(dtype)
+    if jnp.issubdtype(dtype, jnp.floating) and dtype.itemsize == 1:
+        big = float(jnp.finfo(dtype).max)
+        x = jnp.clip(x, -big, big)
+    return x.astype(dtype)
+
+
 @struct.dataclass
 class KVCache:
     """Keys and values of every layer for S slots.
 
-    k, v:  tuples of L arrays [B, K, S, H] in the compute dtype
+    k, v:  tuples of L arrays [B, K, S, H] in the compute dtype or a CACHE_DTYPES one
     mask:  [B, S] bool, True where a slot holds a real token (written and not padding)
     index: int32 scalar, the next slot to write (same for all rows; rows differ only by mask)
     """

@@ -26,7 +26,7 @@ from flax import nnx, struct
 from tipjax.models import attention as attn
 from tipjax.models import layers as ops
 from tipjax.models import sharding
-from tipjax.models.cache import KVCache, LayerCache
+from tipjax.models.cache import KVCache, LayerCache, to_cache
 from tipjax.models.config import ModelConfig
 
 _REMAT_POLICIES = {"full": None, "dots": jax.checkpoint_policies.checkpoint_dots}
@@ -185,7 +185,7 @@ class Decoder(nnx.Module):
                 return self._block(blk, x, positions, mask=mask)
 
             x, (ks, vs) = jax.lax.scan(self._remat(step), x, self.blocks)
-            write = lambda buf, new: jax.lax.dynamic_update_slice(buf, new.swapaxes(1, 2).astype(buf.dtype),
+            write = lambda buf, new: jax.lax.dynamic_update_slice(buf, to_cache(new.swapaxes(1, 2), buf.dtype),
                                                                    (0, 0, 0, 0))
             k = tuple(write(cache.k[i], ks[i]) for i in range(len(cache.k)))
             v = tuple(write(cache.v[i], vs[i]) for i in range(len(cache.v)))
