@@ -334,8 +334,19 @@ def plan():
         ("ceilings", "ceilings", "ceilings", {}, "new", {}, 10),
         ("decode", "decode new", "decode", dict(variants=[dict(name="defaults (xla, 8 tokens/iteration)")]), "new",
          {}, 60),
-        ("train", "train new", "train", dict(steps=3), "new", {}, 100),
-        ("hlo", "decode HLO", "hlo", dict(out="OUT/decode_hlo.txt"), "new", {}, 20),
+        # tipjax's Pallas kernel: cache write and attention in one launch per layer, filled slots only.
+        ("decode", "decode new, pallas", "decode",
+         dict(variants=[dict(name="tipjax Pallas write+attend kernel, 8 tokens/iteration", model=pallas)]), "new",
+         {}, 60),
+        ("train", "train new", "train", dict(steps=2), "new", {}, 100),
+        ("train", "train new, pallas decode in the rollout", "train",
+         dict(steps=2, student=dict(decode_attention="pallas")), "new", {}, 100),
+        # The rollout's one lever on bytes: a float8 KV cache halves what a step reads at long windows.
+        ("train", "train new, float8 KV cache in the rollout", "train",
+         dict(steps=2, rollout_spec=dict(kv_cache_dtype="float8_e4m3fn")), "new", {}, 100),
+        ("decode", "decode new, float8 KV cache", "decode",
+         dict(variants=[dict(name="xla, float8_e4m3fn cache", generate=dict(cache_dtype="float8_e4m3fn"))]),
+         "new", {}, 50),
         # Profiled rows run without command buffers: the profiler does not see the kernels of a CUDA graph one
         # by one (run D: 63 of 353 kernels per decode step), so their timings are the no-graph ones.
         ("train", "train new, profiled, command buffers off", "train",
@@ -343,12 +354,7 @@ def plan():
         ("decode", "decode new b64, profiled, command buffers off", "decode",
          dict(variants=[dict(name="defaults, profiled", batches=[64], profile="OUT/decode_profile")]), "new",
          {"XLA_FLAGS": NO_COMMAND_BUFFERS}, 35),
-        # The rollout's one lever on bytes: a float8 KV cache halves what a step reads at long windows.
-        ("train", "train new, float8 KV cache in the rollout", "train",
-         dict(steps=2, rollout_spec=dict(kv_cache_dtype="float8_e4m3fn")), "new", {}, 100),
-        ("decode", "decode new, float8 KV cache", "decode",
-         dict(variants=[dict(name="xla, float8_e4m3fn cache", generate=dict(cache_dtype="float8_e4m3fn"))]),
-         "new", {}, 50),
+        ("hlo", "decode HLO", "hlo", dict(out="OUT/decode_hlo.txt"), "new", {}, 20),
         ("decode", "decode new b64, graphs from 1 kernel", "decode",
          dict(variants=[dict(name="xla, --xla_gpu_graph_min_graph_size=1", batches=[64])]), "new",
          {"XLA_FLAGS": MIN_GRAPH_1}, 30),
@@ -366,8 +372,6 @@ def plan():
         # Measured and met in earlier runs (docs/performance.md): last.
         ("forward", "forward new + transformers", "forward", dict(backends=["auto", "xla"], hf=True), "new", {}, 45),
         ("forward", "forward baseline", "forward", dict(backends=[None]), "baseline", {}, 25),
-        ("decode", "decode new, pallas", "decode",
-         dict(variants=[dict(name="pallas kernel, 8 tokens/iteration", model=pallas)]), "new", {}, 60),
     ]
 
 

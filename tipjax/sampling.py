@@ -182,7 +182,8 @@ def _decode_loop(model, state: SamplerState, settings: DecodeSettings) -> Sample
     total = settings.prompt_len + steps
     kernel = attention.resolve_decode_backend(cfg.decode_attention, attention.current_platform(), t=1,
                                               s=attention.decode_cache_slots(total, cfg.decode_attention),
-                                              head_dim=cfg.head_dim, contiguous=True)
+                                              head_dim=cfg.head_dim, contiguous=True,
+                                              groups=cfg.num_heads // cfg.num_kv_heads)
     segments = 1 if kernel == "pallas" and settings.segments is None else settings.segments
     layers = model.decode_layers()  # sliced and stacked once here, not per layer and token inside the loop
     for end in sorted({loop_length(e, k) for e in segment_ends(steps, segments)}):

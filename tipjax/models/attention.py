@@ -18,11 +18,12 @@ Backends (ModelConfig.attention):
 Decode (ModelConfig.decode_attention): one new query per row against the cache.
   "xla"       the einsum path over every slot of the cache buffers (the sampler grows its cache segment by
               segment, so early tokens of a long rollout do not read its unwritten end).
-  "pallas"    JAX's Pallas flash-decoding kernel (jax.experimental.pallas.ops.gpu.decode_attention, Triton):
-              each row reads only its filled slots [start, index + 1), in blocks of 128 slots split across
-              the GPU, whatever the cache length; off GPU it runs in Pallas interpret mode (tests).
-  "auto"      xla. The Pallas kernel measured 1.5x (batch 8) to 2.2x (batch 64) slower than xla per decode
-              step on an H200 (docs/performance.md, "Accelerator"), so it is opt-in until a faster kernel lands.
+  "pallas"    tipjax's Pallas kernel (decode_kernel.py, Triton on GPUs): one launch per layer and step writes
+              the new key/value into the cache and attends, each row reading only its filled slots
+              [start, index]; off GPU it runs in Pallas interpret mode (tests).
+  "auto"      xla. JAX's own Pallas flash-decoding kernel measured 1.5x (batch 8) to 2.2x (batch 64) slower than
+              xla on an H200 (docs/performance.md, "Accelerator"); tipjax's kernel replaced it and is opt-in
+              until it is measured.
 
 cuDNN's query/key lengths assume right padding, and tipjax's prompts are left padded, so the cudnn path
 never passes lengths: a mask with padding, a cache offset or segments goes in as a dense [B, 1, T, S]
@@ -32,14 +33,12 @@ as with xla). Only self-attention without padding (causal or not) goes in as the
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 from flax import struct
 from jax.extend import backend as jax_backend
 
-from tipjax.models import splash
+from tipjax.models import decode_kernel, splash
 from tipjax.models.cache import LayerCache, to_cache
 from tipjax.models.config import ATTENTION_BACKENDS as BACKENDS
 from tipjax.models.config import DECODE_ATTENTION_BACKENDS, DEFAULT_QUERY_CHUNK
@@ -47,7 +46,7 @@ from tipjax.models.config import DECODE_ATTENTION_BACKENDS, DEFAULT_QUERY_CHUNK
 # Finite "minus infinity": a query with no visible key (e.g. left padding) gets a uniform, finite softmax.
 _MASKED = -1e30
 _CUDNN_DTYPES = ("bfloat16", "float16")
-DECODE_BLOCK = 128  # key slots per block of the Pallas decode kernel; the cache length must be a multiple
+DECODE_BLOCK = decode_kernel.BLOCK  # the Pallas decode kernel's slots per block: its cache is a multiple
 
 
 @struct.dataclass
@@ -151,21 +150,23 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: AttentionMask, *, 
 
 
 def resolve_decode_backend(requested: str, platform: str, *, t: int, s: int, head_dim: int,
-                           contiguous: bool) -> str:
+                           contiguous: bool, groups: int = 1) -> str:
     """The backend of a cache read: "xla" or "pallas". Pure, so every case is testable on CPU.
 
     "pallas" needs a one-token read (t == 1) of a cache whose rows are contiguous (LayerCache.starts given),
-    whose length is a multiple of DECODE_BLOCK and whose head_dim is a power of two >= 16 (Triton tile
-    shapes); requested where it cannot run, it is an error. "auto" is xla (see the module docstring).
+    whose length is a multiple of DECODE_BLOCK, with a power-of-two head_dim >= 16 and query heads per kv head
+    (Triton tensor shapes); requested where it cannot run, it is an error. "auto" is xla (see the module
+    docstring).
     """
     if requested not in DECODE_ATTENTION_BACKENDS:
         raise ValueError(f"decode attention backend {requested!r} is not one of {DECODE_ATTENTION_BACKENDS}")
-    fits = (t == 1 and contiguous and s % DECODE_BLOCK == 0 and head_dim >= 16 and head_dim & (head_dim - 1) == 0)
+    fits = t == 1 and contiguous and decode_kernel.fits(groups, head_dim, s)
     if requested == "pallas":
         if not fits:
             raise ValueError(f"decode_attention='pallas' needs one query per row, contiguous rows (starts), a cache "
-                             f"length that is a multiple of {DECODE_BLOCK} and a power-of-two head_dim >= 16; got "
-                             f"t={t}, contiguous={contiguous}, s={s}, head_dim={head_dim}")
+                             f"length that is a multiple of {DECODE_BLOCK} and power-of-two head_dim >= 16 and "
+                             f"query heads per kv head; got t={t}, contiguous={contiguous}, s={s}, "
+                             f"head_dim={head_dim}, groups={groups}")
         return "pallas"
     return "xla"
 
@@ -187,7 +188,16 @@ def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, cache: LayerCache
     slice of them, which XLA:GPU would copy per layer and step) or each row's filled range (pallas, see
     LayerCache.starts).
     """
-    b, t = q.shape[:2]
+    b, t, n, h = q.shape
+    kv_heads = k.shape[2]
+    if not cache.fresh:
+        impl = resolve_decode_backend(decode_backend, current_platform(), t=t, s=cache.k.shape[2], head_dim=h,
+                                      contiguous=cache.starts is not None, groups=n // kv_heads)
+        if impl == "pallas":  # writes the cache and attends in one kernel
+            out, k_layer, v_layer = decode_kernel.write_and_attend(
+                q[:, 0].reshape(b, kv_heads, n // kv_heads, h), k[:, 0], v[:, 0], cache.k, cache.v, cache.starts,
+                cache.index, interpret=current_platform() != "cuda")
+            return out.reshape(b, 1, n, h), (k_layer, v_layer)
     at = (0, 0, cache.index, 0)
     k_layer = jax.lax.dynamic_update_slice(cache.k, to_cache(k.swapaxes(1, 2), cache.k.dtype), at)
     v_layer = jax.lax.dynamic_update_slice(cache.v, to_cache(v.swapaxes(1, 2), cache.v.dtype), at)
@@ -196,13 +206,6 @@ def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, cache: LayerCache
         out = attention(q, k, v, AttentionMask(kv_valid=cache.mask[:, :t]), backend=backend,
                         query_chunk=query_chunk)
         return out, (k_layer, v_layer)
-    s = k_layer.shape[2]
-    impl = resolve_decode_backend(decode_backend, current_platform(), t=t, s=s, head_dim=q.shape[-1],
-                                  contiguous=cache.starts is not None)
-    if impl == "pallas":
-        ends = jnp.broadcast_to(cache.index + 1, (b,)).astype(jnp.int32)
-        out = decode_kernel(q[:, 0], k_layer.astype(q.dtype), v_layer.astype(q.dtype), cache.starts, ends)
-        return out[:, None], (k_layer, v_layer)
     mask = AttentionMask(kv_valid=cache.mask, q_offset=cache.index)
     keys, values = k_layer.astype(q.dtype), v_layer.astype(q.dtype)
     if resolve_backend(backend, current_platform(), q.dtype, q.shape[-1], dense_mask=True, t=t,
@@ -211,22 +214,6 @@ def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, cache: LayerCache
     # A cached read with several queries (chunked prefill) on a fused backend: its [B, S, K, H] layout.
     return attention(q, keys.swapaxes(1, 2), values.swapaxes(1, 2), mask, backend=backend,
                      query_chunk=query_chunk), (k_layer, v_layer)
-
-
-def decode_kernel(q: jax.Array, k: jax.Array, v: jax.Array, starts: jax.Array, ends: jax.Array) -> jax.Array:
-    """q [B, N, H], heads-major k, v [B, K, S, H], starts/ends [B] -> [B, N, H]: row b attends over slots
-    [starts[b], ends[b]) with JAX's Pallas decode kernel (interpret mode off GPU)."""
-    from jax.experimental.pallas.ops.gpu import decode_attention as pallas_decode
-
-    b, n, h = q.shape
-    kv_heads, s = k.shape[1], k.shape[2]
-    one = functools.partial(pallas_decode.decode_attn_unbatched, sm_scale=h**-0.5, block_h=16,
-                            block_k=DECODE_BLOCK, k_splits=s // DECODE_BLOCK, num_warps=None, num_stages=2,
-                            grid=None, interpret=current_platform() != "cuda", debug=False, return_residuals=False,
-                            normalize_output=True)
-    per_head = lambda x: jnp.broadcast_to(x.astype(jnp.int32)[:, None], (b, kv_heads))
-    out = jax.vmap(jax.vmap(one))(q.reshape(b, kv_heads, n // kv_heads, h), k, v, per_head(starts), per_head(ends))
-    return out.reshape(b, n, h)
 
 
 def _visible(mask: AttentionMask, start, t: int, s: int, q_segments: jax.Array | None) -> jax.Array:
