@@ -1,5 +1,6 @@
-"""tipjax's Pallas decode kernel (decode_kernel.write_and_attend, interpret mode on CPU): the cache write and the
-attention over each row's filled slots against numpy and a float64 reference; its lowering to Triton."""
+"""tipjax's Pallas decode kernel (decode_kernel.attend, interpret mode on CPU): q/k norm, rotation, the cache
+write and the attention over each row's filled slots against a float64 numpy restatement; its lowering to
+Triton."""
 
 import functools
 
@@ -12,6 +13,45 @@ from test_decode_paths import reference_decode
 from tipjax.models import decode_kernel
 
 B, KV, S, H = 4, 2, 96, 16  # three blocks of 32 slots
+EPS = 1e-6
+
+
+def prepared(x, weight, cos, sin):
+    """float64: rms_norm over the head (if weight is given) then half-split rope (if cos is given); x [B, R, H]."""
+    x = np.asarray(x, np.float64)
+    if weight is not None:
+        x = x / np.sqrt(np.mean(x * x, -1, keepdims=True) + EPS) * np.asarray(weight, np.float64)
+    if cos is not None:
+        c, s = np.asarray(cos, np.float64)[:, None], np.asarray(sin, np.float64)[:, None]
+        x1, x2 = x[..., :H // 2], x[..., H // 2:]
+        x = np.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], -1)
+    return x
+
+
+def case(groups, seed, dtype=jnp.float32):
+    keys = jax.random.split(jax.random.key(seed), 5)
+    qkv = jax.random.normal(keys[0], (B, KV, groups + 2, H), dtype) * 2
+    k_cache, v_cache = (jax.random.normal(x, (B, KV, S, H), dtype) for x in keys[1:3])
+    norm = 1 + 0.3 * jax.random.normal(keys[3], (groups + 1, H), dtype)
+    angles = jax.random.uniform(keys[4], (B, H // 2)) * 6
+    return qkv, k_cache, v_cache, norm, (jnp.cos(angles), jnp.sin(angles))
+
+
+def expected(qkv, k_cache, v_cache, norm, rope, starts, index):
+    """float64: the caches after the write and the attention output [B, K * G, H]."""
+    g = qkv.shape[2] - 2
+    cos, sin = rope if rope is not None else (None, None)
+    rows = []
+    for kv in range(KV):
+        w = None if norm is None else np.asarray(norm, np.float64)
+        q = prepared(qkv[:, kv, :g], None if w is None else w[:g], cos, sin)
+        k = prepared(qkv[:, kv, g:g + 1], None if w is None else w[g:], cos, sin)
+        rows.append((q, k[:, 0], np.asarray(qkv[:, kv, g + 1], np.float64)))
+    k_ref, v_ref = np.array(k_cache, np.float64), np.array(v_cache, np.float64)
+    for kv, (_, k, v) in enumerate(rows):
+        k_ref[:, kv, index], v_ref[:, kv, index] = k, v
+    q_all = np.concatenate([q for q, _, _ in rows], axis=1)  # [B, K * G, H], grouped by kv head
+    return k_ref, v_ref, reference_decode(q_all, k_ref, v_ref, starts, np.full(B, index + 1))
 
 
 @pytest.mark.parametrize("groups", [1, 2, 4])
@@ -20,58 +60,56 @@ B, KV, S, H = 4, 2, 96, 16  # three blocks of 32 slots
     (31, [0, 31, 30, 1]),     # the new slot ends block 0; a row that sees only its new slot
     (0, [0, 0, 0, 0]),        # the first decode step of an empty cache: only the new slot
 ])
-def test_write_and_attend_equals_reference(groups, index, starts):
-    keys = jax.random.split(jax.random.key(groups + index), 5)
-    q = jax.random.normal(keys[0], (B, KV, groups, H))
-    k_new, v_new = (jax.random.normal(x, (B, KV, H)) for x in keys[1:3])
-    k_cache, v_cache = (jax.random.normal(x, (B, KV, S, H)) for x in keys[3:5])
+@pytest.mark.parametrize("norm_rope", [False, True])
+def test_attend_equals_reference(groups, index, starts, norm_rope):
+    qkv, k_cache, v_cache, norm, rope = case(groups, groups + index)
+    norm, rope = (norm, rope) if norm_rope else (None, None)
     starts = np.asarray(starts)
-    out, k2, v2 = jax.jit(decode_kernel.write_and_attend)(q, k_new, v_new, k_cache, v_cache, jnp.asarray(starts),
-                                                           jnp.int32(index))
-    k_ref, v_ref = np.array(k_cache), np.array(v_cache)
-    k_ref[:, :, index], v_ref[:, :, index] = k_new, v_new
-    np.testing.assert_array_equal(k2, k_ref)  # only slot `index` changed
+    fn = jax.jit(functools.partial(decode_kernel.attend, eps=EPS))
+    out, k2, v2 = fn(qkv, k_cache, v_cache, jnp.asarray(starts), jnp.int32(index), rope=rope, qk_norm=norm)
+    k_ref, v_ref, want = expected(qkv, k_cache, v_cache, norm, rope, starts, index)
+    np.testing.assert_allclose(k2, k_ref, atol=1e-5, rtol=1e-5)  # slot `index` written, nothing else changed
+    np.testing.assert_array_equal(np.delete(np.asarray(k2), index, axis=2), np.delete(np.asarray(k_cache), index, 2))
     np.testing.assert_array_equal(v2, v_ref)
-    want = reference_decode(q.reshape(B, KV * groups, H), k_ref, v_ref, starts, np.full(B, index + 1))
     np.testing.assert_allclose(np.asarray(out).reshape(B, KV * groups, H), want, atol=1e-5, rtol=1e-5)
 
 
-def test_bf16_queries_and_cache_stay_close_and_keep_dtypes():
-    keys = jax.random.split(jax.random.key(7), 5)
-    q = jax.random.normal(keys[0], (B, KV, 2, H), jnp.bfloat16)
-    k_new, v_new = (jax.random.normal(x, (B, KV, H), jnp.bfloat16) for x in keys[1:3])
-    k_cache, v_cache = (jax.random.normal(x, (B, KV, S, H), jnp.bfloat16) for x in keys[3:5])
+def test_bf16_stays_close_and_keeps_dtypes():
+    qkv, k_cache, v_cache, norm, rope = case(2, 7, jnp.bfloat16)
     starts, index = np.array([0, 10, 40, 70]), 80
-    out, k2, _ = decode_kernel.write_and_attend(q, k_new, v_new, k_cache, v_cache, jnp.asarray(starts),
-                                                jnp.int32(index))
+    out, k2, _ = decode_kernel.attend(qkv, k_cache, v_cache, jnp.asarray(starts), jnp.int32(index), rope=rope,
+                                      qk_norm=norm, eps=EPS)
     assert out.dtype == k2.dtype == jnp.bfloat16
-    k_ref, v_ref = np.asarray(k_cache, np.float64).copy(), np.asarray(v_cache, np.float64).copy()
-    k_ref[:, :, index], v_ref[:, :, index] = np.asarray(k_new, np.float64), np.asarray(v_new, np.float64)
-    want = reference_decode(np.asarray(q, np.float64).reshape(B, KV * 2, H), k_ref, v_ref, starts,
-                            np.full(B, index + 1))
-    np.testing.assert_allclose(np.asarray(out, np.float64).reshape(B, KV * 2, H), want, atol=2e-2, rtol=2e-2)
+    k_ref, _, want = expected(qkv, k_cache, v_cache, norm, rope, starts, index)
+    np.testing.assert_allclose(np.asarray(k2, np.float64), k_ref, atol=3e-2, rtol=3e-2)
+    np.testing.assert_allclose(np.asarray(out, np.float64).reshape(B, KV * 2, H), want, atol=3e-2, rtol=3e-2)
 
 
 @pytest.mark.parametrize("groups, head_dim, slots", [(3, 16, 96), (2, 24, 96), (2, 16, 100), (2, 8, 96)])
 def test_shapes_triton_cannot_take_are_an_error(groups, head_dim, slots):
     assert not decode_kernel.fits(groups, head_dim, slots)
-    q = jnp.zeros((1, 1, groups, head_dim))
+    qkv = jnp.zeros((1, 1, groups + 2, head_dim))
     kv = jnp.zeros((1, 1, slots, head_dim))
     with pytest.raises(ValueError, match="power-of-two groups"):
-        decode_kernel.write_and_attend(q, q[:, :, 0], q[:, :, 0], kv, kv, jnp.zeros((1,), jnp.int32), jnp.int32(0))
+        decode_kernel.attend(qkv, kv, kv, jnp.zeros((1,), jnp.int32), jnp.int32(0))
 
 
+@pytest.mark.parametrize("groups", [1, 2, 4])
 @pytest.mark.parametrize("cache_dtype", [jnp.bfloat16, jnp.float8_e4m3fn])
-def test_lowers_to_one_triton_kernel_for_cuda(cache_dtype):
-    """The kernel at the OPD rollout's shapes lowers, on this CPU, to a Triton call for CUDA (Pallas's lowering
-    rules for Triton; Triton's own compiler runs only on a GPU)."""
-    b, kv, g, s, h = 64, 8, 2, 1280, 128
+def test_lowers_to_one_triton_kernel_for_cuda(groups, cache_dtype):
+    """The kernel at the OPD rollout's shapes (norm and rope on) lowers, on this CPU, to one Triton call for
+    CUDA: Pallas's lowering rules for Triton run here; Triton's own compiler runs only on a GPU."""
+    b, kv, s, h = 64, 8, 1280, 128
     args = [jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in (
-        ((b, kv, g, h), jnp.bfloat16), ((b, kv, h), jnp.bfloat16), ((b, kv, h), jnp.bfloat16),
-        ((b, kv, s, h), cache_dtype), ((b, kv, s, h), cache_dtype), ((b,), jnp.int32), ((), jnp.int32))]
-    fn = jax.jit(functools.partial(decode_kernel.write_and_attend, interpret=False), donate_argnums=(3, 4))
+        ((b, kv, groups + 2, h), jnp.bfloat16), ((b, kv, s, h), cache_dtype), ((b, kv, s, h), cache_dtype),
+        ((b,), jnp.int32), ((), jnp.int32), ((b, h // 2), jnp.float32), ((b, h // 2), jnp.float32),
+        ((groups + 1, h), jnp.bfloat16))]
+
+    def run(qkv, k, v, starts, index, cos, sin, norm):
+        return decode_kernel.attend(qkv, k, v, starts, index, rope=(cos, sin), qk_norm=norm, interpret=False)
+
     try:
-        text = fn.trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+        text = jax.jit(run, donate_argnums=(1, 2)).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
     except RuntimeError as err:  # jax >= 0.11 wants a GPU (or an abstract one) to lower for
         if "No supported GPU devices found" not in str(err):
             raise

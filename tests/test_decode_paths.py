@@ -85,10 +85,12 @@ _HF = {"architectures": ["Qwen3ForCausalLM"], "vocab_size": 96, "hidden_size": 3
        "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "tie_word_embeddings": True}
 
 
-def test_sampler_paths_agree():
+@pytest.mark.parametrize("arch", ["Qwen3ForCausalLM", "Qwen2ForCausalLM", "LlamaForCausalLM"])
+def test_sampler_paths_agree(arch):
     """xla with 1 or 3 tokens per iteration and the Pallas kernel with 4 draw the same tokens from the same
-    key (left-padded rows of different lengths, EOS stops, temperature 1) with the same log-probabilities."""
-    cfg = models.ModelConfig.from_hf_dict(_HF)
+    key (left-padded rows of different lengths, EOS stops, temperature 1) with the same log-probabilities.
+    The kernel does each layer's q/k norm (Qwen3), rope, cache write and attention; Qwen2 adds q/k/v biases."""
+    cfg = models.ModelConfig.from_hf_dict({**_HF, "architectures": [arch]})
     prompt = jnp.asarray(np.random.default_rng(0).integers(3, 96, (3, 7)), jnp.int32)
     mask = jnp.asarray(np.arange(7)[None] >= np.array([0, 3, 6])[:, None], jnp.int32)
     outs = {}

@@ -45,10 +45,13 @@ def left_padded(rows, pad=0):
 PROMPTS = [[5, 17, 33, 2, 90, 41, 7], [12, 8], [100, 3, 66, 66, 21], [9]]
 
 
-@pytest.mark.parametrize("family, segments", [("llama", None), ("qwen2", None), ("qwen3", None), ("qwen3", 5)])
-def test_greedy_matches_transformers(tmp_path, family, segments):
-    hf, path = tiny_hf(tmp_path, family)
-    model = models.load_hf(path, dtype=jnp.float32)
+@pytest.mark.parametrize("family, segments, decode", [
+    ("llama", None, "auto"), ("qwen2", None, "auto"), ("qwen3", None, "auto"), ("qwen3", 5, "auto"),
+    ("qwen3", None, "pallas"), ("qwen2", None, "pallas")])  # the Pallas decode kernel (interpret mode)
+def test_greedy_matches_transformers(tmp_path, family, segments, decode):
+    # The kernel takes power-of-two head dims: Qwen3's tiny default of 24 becomes 16 there.
+    hf, path = tiny_hf(tmp_path, family, **({"head_dim": 16} if decode == "pallas" and family == "qwen3" else {}))
+    model = models.load_hf(path, dtype=jnp.float32, decode_attention=decode)
     ids, mask = left_padded(PROMPTS)
     eos, new = 7, 24
     out = sampling.generate(model, ids, mask, max_new_tokens=new, temperature=0.0, eos_token_id=eos,

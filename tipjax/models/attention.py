@@ -193,10 +193,11 @@ def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, cache: LayerCache
     if not cache.fresh:
         impl = resolve_decode_backend(decode_backend, current_platform(), t=t, s=cache.k.shape[2], head_dim=h,
                                       contiguous=cache.starts is not None, groups=n // kv_heads)
-        if impl == "pallas":  # writes the cache and attends in one kernel
-            out, k_layer, v_layer = decode_kernel.write_and_attend(
-                q[:, 0].reshape(b, kv_heads, n // kv_heads, h), k[:, 0], v[:, 0], cache.k, cache.v, cache.starts,
-                cache.index, interpret=current_platform() != "cuda")
+        if impl == "pallas":  # writes the cache and attends in one kernel (q and k already normed and rotated)
+            qkv = jnp.concatenate([q[:, 0].reshape(b, kv_heads, n // kv_heads, h), k[:, 0, :, None],
+                                   v[:, 0, :, None]], axis=2)
+            out, k_layer, v_layer = decode_kernel.attend(qkv, cache.k, cache.v, cache.starts, cache.index,
+                                                         interpret=current_platform() != "cuda")
             return out.reshape(b, 1, n, h), (k_layer, v_layer)
     at = (0, 0, cache.index, 0)
     k_layer = jax.lax.dynamic_update_slice(cache.k, to_cache(k.swapaxes(1, 2), cache.k.dtype), at)

@@ -1,15 +1,20 @@
-"""One Pallas kernel per layer and decode step: write the step's key and value into the cache and attend.
+"""One Pallas kernel per layer and decode step: q/k norm and rotation, the cache write, and attention.
 
-The xla decode path spends five kernels per layer and step on this (two in-place cache writes, the score matmul,
-the softmax, the value matmul), and on an H200 a decode step's kernels are not what costs: at batch 64 they run
-at 91% of the HBM bound and the other ~1 ms per step lies between 353 kernel launches (docs/performance.md,
-run E). This kernel does the five in one launch per layer and reads only each row's filled slots.
+The xla decode path spends eight kernels per layer and step between the q/k/v matmul and the output
+projection (slice, q/k norm, rotation, two in-place cache writes, the score matmul, the softmax, the value
+matmul), and on an H200 a decode step's kernels are not what costs: at batch 64 they run at 91% of the HBM
+bound and the other ~1 ms per step lies between 353 kernel launches (docs/performance.md, run E). This kernel
+does the eight in one launch per layer, straight from the q/k/v matmul's output, and reads only each row's
+filled cache slots.
 
-Grid (batch, kv head): a program holds its G queries [G, H] in registers and streams its kv head's cache slots
-[start, index) in blocks of BLOCK, with an online softmax in fp32 on CUDA cores (G is 1-8 queries: too few rows
-for tensor-core dots, and the step is bound by memory anyway). The new key and value enter from registers, so
-the program never reads the slot it writes. Keys and values may be stored in any cache dtype (float8 too) and
-are computed on in fp32; the output is in the queries' dtype.
+Grid (batch, kv head): a program loads its kv group's G queries, key and value [G + 2, H] from the stacked
+q/k/v output, normalises (Qwen3's q_norm / k_norm) and rotates (half-split rope, as `layers.rope`) the
+queries and the key with the xla path's bf16 rounding points, writes the key and value at slot `index`, and
+streams the slots [start, index) of its kv head in blocks of BLOCK with an online softmax in fp32 on CUDA
+cores (G is 1-8 queries: too few rows for tensor-core dots, and the step is bound by memory anyway). Heads are
+handled as two halves [.., H/2] throughout, so the rotation needs no shuffle of a register tensor. The new key
+and value enter from registers: a program never reads the slot it writes. The cache may be stored in any cache
+dtype (float8 too).
 
 Lowered by Pallas to Triton on GPUs; anywhere else it runs in Pallas interpret mode (the tests' reference path).
 """
@@ -25,7 +30,7 @@ from jax.experimental.pallas import triton as pl_triton
 
 from tipjax.models.cache import to_cache
 
-BLOCK = 32  # cache slots per loop iteration: a [G, BLOCK, H] fp32 product stays in registers for G <= 4
+BLOCK = 32  # cache slots per loop iteration: a [G, BLOCK, H / 2] fp32 product stays in registers for G <= 4
 
 
 def fits(groups: int, head_dim: int, slots: int) -> bool:
@@ -34,39 +39,47 @@ def fits(groups: int, head_dim: int, slots: int) -> bool:
     return pow2(groups) and pow2(head_dim) and head_dim >= 16 and slots % BLOCK == 0
 
 
-def write_and_attend(q: jax.Array, k_new: jax.Array, v_new: jax.Array, k_cache: jax.Array, v_cache: jax.Array,
-                     starts: jax.Array, index: jax.Array, *, interpret: bool | None = None):
-    """Writes k_new, v_new at slot `index` of every row and attends over slots [starts[b], index].
+def attend(qkv: jax.Array, k_cache: jax.Array, v_cache: jax.Array, starts: jax.Array, index: jax.Array, *,
+           rope: tuple[jax.Array, jax.Array] | None = None, qk_norm: jax.Array | None = None, eps: float = 1e-6,
+           interpret: bool | None = None):
+    """Norm and rotate this step's queries and key, write key and value at slot `index`, attend over
+    [starts[b], index].
 
     Args:
-      q: [B, K, G, H] this step's queries (G per kv head), unscaled.
-      k_new, v_new: [B, K, H] this step's key and value, in any float dtype (stored as the cache's).
-      k_cache, v_cache: [B, K, S, H] a layer's cache buffers, S a multiple of BLOCK; donate them for an in-place
-        update.
+      qkv: [B, K, G + 2, H] per kv head its G queries, its key, its value (DecodeLayer.wqkv's layout), in the
+        compute dtype, before norm and rotation.
+      k_cache, v_cache: [B, K, S, H] a layer's cache buffers (any cache dtype), S a multiple of BLOCK; donate
+        them (or carry them in a loop) for an in-place update.
       starts: [B] int32, each row's first visible slot (LayerCache.starts); index: [] int32, this step's slot.
+      rope: (cos, sin) [B, H/2] fp32 of each row's position, or None (q and k are used as given).
+      qk_norm: [G + 1, H] (DecodeLayer.qk_norm) or None; eps its epsilon.
     Returns:
-      (out [B, K, G, H] in q's dtype, k_cache, v_cache with slot `index` written).
+      (out [B, K, G, H] in qkv's dtype, k_cache, v_cache with slot `index` written).
     """
-    b, kv, g, h = q.shape
-    s = k_cache.shape[2]
+    b, kv, e, h = qkv.shape
+    g, s = e - 2, k_cache.shape[2]
     if not fits(g, h, s):
-        raise ValueError(f"write_and_attend needs power-of-two groups and head_dim >= 16 and slots a multiple of "
-                         f"{BLOCK}; got G={g}, H={h}, S={s}")
+        raise ValueError(f"the Pallas decode kernel needs power-of-two groups and head_dim >= 16 and slots a "
+                         f"multiple of {BLOCK}; got G={g}, H={h}, S={s}")
     if interpret is None:
         interpret = jax.default_backend() != "gpu"
-    kernel = functools.partial(_kernel, scale=h**-0.5)
-    per_row = lambda i, j: (i,)
-    head = lambda i, j: (i, j, 0)
+    half = h // 2
+    ones = jnp.ones((b, half), jnp.float32)
+    cos, sin = (ones, ones * 0) if rope is None else rope
+    norm = jnp.ones((g + 1, h), qkv.dtype) if qk_norm is None else qk_norm.astype(qkv.dtype)
+    kernel = functools.partial(_kernel, groups=g, half=half, scale=h**-0.5, eps=eps, normed=qk_norm is not None,
+                               rotated=rope is not None)
     slab = lambda i, j: (i, j, 0, 0)
     return pl.pallas_call(
         kernel,
         grid=(b, kv),
         in_specs=[
-            pl.BlockSpec((None,), per_row),                      # starts
+            pl.BlockSpec((None,), lambda i, j: (i,)),            # starts
             pl.BlockSpec((None,), lambda i, j: (0,)),            # index
-            pl.BlockSpec((None, None, g, h), slab),              # q
-            pl.BlockSpec((None, None, h), head),                 # k_new
-            pl.BlockSpec((None, None, h), head),                 # v_new
+            pl.BlockSpec((None, None, e, h), slab),              # qkv
+            pl.BlockSpec((None, half), lambda i, j: (i, 0)),     # cos
+            pl.BlockSpec((None, half), lambda i, j: (i, 0)),     # sin
+            pl.BlockSpec((g + 1, h), lambda i, j: (0, 0)),       # qk_norm
             pl.BlockSpec((None, None, s, h), slab),              # k_cache
             pl.BlockSpec((None, None, s, h), slab),              # v_cache
         ],
@@ -75,44 +88,68 @@ def write_and_attend(q: jax.Array, k_new: jax.Array, v_new: jax.Array, k_cache: 
             pl.BlockSpec((None, None, s, h), slab),
             pl.BlockSpec((None, None, s, h), slab),
         ],
-        out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct(k_cache.shape, k_cache.dtype),
+        out_shape=[jax.ShapeDtypeStruct((b, kv, g, h), qkv.dtype),
+                   jax.ShapeDtypeStruct(k_cache.shape, k_cache.dtype),
                    jax.ShapeDtypeStruct(v_cache.shape, v_cache.dtype)],
-        input_output_aliases={5: 1, 6: 2},
+        input_output_aliases={6: 1, 7: 2},
         # Triton, not the default Mosaic GPU backend: a whole [S, H] slab per program is Triton's pointer block,
         # Mosaic GPU would stage it in shared memory.
         compiler_params=pl_triton.CompilerParams(num_warps=4, num_stages=2),
         interpret=interpret,
-        name="tipjax_write_and_attend",
-    )(starts.astype(jnp.int32), jnp.reshape(index, (1,)).astype(jnp.int32), q, k_new, v_new, k_cache, v_cache)
+        name="tipjax_decode_attention",
+    )(starts.astype(jnp.int32), jnp.reshape(index, (1,)).astype(jnp.int32), qkv, cos.astype(jnp.float32),
+      sin.astype(jnp.float32), norm, k_cache, v_cache)
 
 
-def _kernel(starts_ref, index_ref, q_ref, kn_ref, vn_ref, k_ref, v_ref, o_ref, ko_ref, vo_ref, *, scale):
+def _kernel(starts_ref, index_ref, qkv_ref, cos_ref, sin_ref, norm_ref, k_ref, v_ref, o_ref, ko_ref, vo_ref, *,
+            groups, half, scale, eps, normed, rotated):
+    f32, dtype = jnp.float32, qkv_ref.dtype
+    g, lo, hi = groups, pl.ds(0, half), pl.ds(half, half)
     start, index = starts_ref[()], index_ref[()]
-    q = q_ref[...].astype(jnp.float32) * scale                        # [G, H]
-    k_new = to_cache(kn_ref[...], ko_ref.dtype)                       # [H], as the cache will hold it
-    v_new = to_cache(vn_ref[...], vo_ref.dtype)
-    ko_ref[pl.ds(index, 1), :] = k_new[None, :]
-    vo_ref[pl.ds(index, 1), :] = v_new[None, :]
+    rnd = lambda x: x.astype(dtype).astype(f32)  # the xla path's rounding to the compute dtype
+
+    def prepare(rows, weights):  # [R, H/2] halves -> normalised and rotated halves, as rms_norm then rope
+        x1, x2 = rows
+        if normed:
+            r = jax.lax.rsqrt((jnp.sum(x1 * x1, -1) + jnp.sum(x2 * x2, -1)) / (2 * half) + eps)[:, None]
+            x1, x2 = rnd(rnd(x1 * r) * weights[0]), rnd(rnd(x2 * r) * weights[1])
+        if rotated:
+            cos, sin = cos_ref[...][None, :], sin_ref[...][None, :]
+            x1, x2 = x1 * cos - x2 * sin, x2 * cos + x1 * sin
+        return rnd(x1), rnd(x2)
+
+    q1, q2 = prepare((qkv_ref[pl.ds(0, g), lo].astype(f32), qkv_ref[pl.ds(0, g), hi].astype(f32)),
+                     (norm_ref[pl.ds(0, g), lo].astype(f32), norm_ref[pl.ds(0, g), hi].astype(f32)))
+    k1, k2 = prepare((qkv_ref[pl.ds(g, 1), lo].astype(f32), qkv_ref[pl.ds(g, 1), hi].astype(f32)),
+                     (norm_ref[pl.ds(g, 1), lo].astype(f32), norm_ref[pl.ds(g, 1), hi].astype(f32)))
+    q1, q2 = rnd(q1 * scale), rnd(q2 * scale)  # the xla path scales the queries in the compute dtype
+    k1, k2 = to_cache(k1, ko_ref.dtype), to_cache(k2, ko_ref.dtype)  # [1, H/2] as the cache will hold them
+    v_new = to_cache(qkv_ref[pl.ds(g + 1, 1), :], vo_ref.dtype)      # [1, H]
+    ko_ref[pl.ds(index, 1), lo] = k1
+    ko_ref[pl.ds(index, 1), hi] = k2
+    vo_ref[pl.ds(index, 1), :] = v_new
 
     # The new slot first (always visible), so the running max is finite and the normaliser >= 1.
-    m = jnp.sum(q * k_new.astype(jnp.float32)[None, :], axis=-1)     # [G]
+    m = jnp.sum(q1 * k1.astype(f32), -1) + jnp.sum(q2 * k2.astype(f32), -1)    # [G]
     norm = jnp.ones_like(m)
-    acc = jnp.broadcast_to(v_new.astype(jnp.float32)[None, :], q.shape)
+    acc = jnp.broadcast_to(v_new.astype(f32), (g, 2 * half))
 
     def block(j, carry):
         m, norm, acc = carry
         at = pl.multiple_of(j * BLOCK, BLOCK)
-        keys = k_ref[pl.ds(at, BLOCK), :].astype(jnp.float32)        # [BLOCK, H]
-        values = v_ref[pl.ds(at, BLOCK), :].astype(jnp.float32)
+        rows = pl.ds(at, BLOCK)
+        keys1, keys2 = k_ref[rows, lo].astype(f32), k_ref[rows, hi].astype(f32)  # [BLOCK, H/2]
+        values = v_ref[rows, :].astype(f32)                                      # [BLOCK, H]
         slots = at + jnp.arange(BLOCK)
-        seen = (slots >= start) & (slots < index)                     # the new slot is counted above
-        scores = jnp.sum(q[:, None, :] * keys[None, :, :], axis=-1)   # [G, BLOCK]
+        seen = (slots >= start) & (slots < index)                                # the new slot is counted above
+        scores = (jnp.sum(q1[:, None, :] * keys1[None, :, :], -1)
+                  + jnp.sum(q2[:, None, :] * keys2[None, :, :], -1))             # [G, BLOCK]
         scores = jnp.where(seen[None, :], scores, -jnp.inf)
-        m_next = jnp.maximum(m, jnp.max(scores, axis=-1))
+        m_next = jnp.maximum(m, jnp.max(scores, -1))
         p = jnp.exp(scores - m_next[:, None])
         fade = jnp.exp(m - m_next)
         acc = acc * fade[:, None] + jnp.sum(p[:, :, None] * values[None, :, :], axis=1)
-        return m_next, norm * fade + jnp.sum(p, axis=-1), acc
+        return m_next, norm * fade + jnp.sum(p, -1), acc
 
     m, norm, acc = jax.lax.fori_loop(start // BLOCK, (index + BLOCK - 1) // BLOCK, block, (m, norm, acc))
     o_ref[...] = (acc / norm[:, None]).astype(o_ref.dtype)

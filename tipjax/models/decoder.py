@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from flax import nnx, struct
 
 from tipjax.models import attention as attn
+from tipjax.models import decode_kernel
 from tipjax.models import layers as ops
 from tipjax.models import sharding
 from tipjax.models.cache import KVCache, LayerCache, to_cache
@@ -248,7 +249,9 @@ class Decoder(nnx.Module):
             h = ops.rms_norm(x, w(blk.attn_norm), cfg.rms_norm_eps)
         b, t = h.shape[:2]
         inv_freq = ops.rope_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
-        if isinstance(blk, DecodeLayer):
+        if isinstance(blk, DecodeLayer) and self._decode_kernel(cache, t):
+            out, kv = self._decode_attend(blk, h, positions, inv_freq, cache)
+        elif isinstance(blk, DecodeLayer):
             q, k, v = self._decode_qkv(blk, h, positions, inv_freq)
         else:
             with jax.named_scope("qkv"):
@@ -264,12 +267,14 @@ class Decoder(nnx.Module):
             with jax.named_scope("rope"):
                 q = ops.rope(q, positions, inv_freq)
                 k = ops.rope(k, positions, inv_freq)
-        with jax.named_scope("attention"):
-            settings = dict(backend=cfg.attention, query_chunk=cfg.query_chunk)
-            if cache is None:
-                out, kv = attn.attention(q, k, v, mask, **settings), (k, v)
-            else:
-                out, kv = attn.cached_attention(q, k, v, cache, decode_backend=cfg.decode_attention, **settings)
+        if not (isinstance(blk, DecodeLayer) and self._decode_kernel(cache, t)):
+            with jax.named_scope("attention"):
+                settings = dict(backend=cfg.attention, query_chunk=cfg.query_chunk)
+                if cache is None:
+                    out, kv = attn.attention(q, k, v, mask, **settings), (k, v)
+                else:
+                    out, kv = attn.cached_attention(q, k, v, cache, decode_backend=cfg.decode_attention,
+                                                    **settings)
         with jax.named_scope("out_proj"):
             x = x + jnp.einsum("MNH,NHD->MD", ops.flat_tokens(out), w(blk.wo)).reshape(x.shape)
         with jax.named_scope("mlp"):
@@ -280,6 +285,36 @@ class Decoder(nnx.Module):
                 x = x + ops.swiglu(h, w(blk.w_gate), w(blk.w_up), w(blk.w_down))
         return x, kv
 
+    def _decode_kernel(self, cache: LayerCache | None, t: int) -> bool:
+        """Whether this cache read runs the Pallas decode kernel (decode_kernel.py), norm and rope included."""
+        cfg = self.config
+        if cache is None or cache.fresh:
+            return False
+        return attn.resolve_decode_backend(cfg.decode_attention, attn.current_platform(), t=t, s=cache.k.shape[2],
+                                           head_dim=cfg.head_dim, contiguous=cache.starts is not None,
+                                           groups=cfg.num_heads // cfg.num_kv_heads) == "pallas"
+
+    def _stacked_qkv(self, blk: DecodeLayer, h: jax.Array) -> jax.Array:
+        """h [B, T, D] -> [M = B * T, K, G + 2, H]: per kv head its G queries, its key and its value."""
+        cfg = self.config
+        with jax.named_scope("qkv"):
+            qkv = jnp.einsum("MD,DKEH->MKEH", ops.flat_tokens(h), blk.wqkv.astype(cfg.compute_dtype))
+            return qkv + blk.bqkv.astype(cfg.compute_dtype) if cfg.qkv_bias else qkv
+
+    def _decode_attend(self, blk: DecodeLayer, h, positions, inv_freq, cache: LayerCache):
+        """One token per row through the Pallas decode kernel: q/k norm, rope, cache write and attention in one
+        launch from the stacked q/k/v matmul. Returns (out [B, 1, N, H], (k_layer, v_layer))."""
+        cfg = self.config
+        b = h.shape[0]
+        qkv = self._stacked_qkv(blk, h)
+        with jax.named_scope("attention"):
+            angles = positions[:, 0].astype(jnp.float32)[:, None] * jnp.asarray(inv_freq)  # [B, H/2]
+            out, k_layer, v_layer = decode_kernel.attend(
+                qkv, cache.k, cache.v, cache.starts, cache.index, rope=(jnp.cos(angles), jnp.sin(angles)),
+                qk_norm=blk.qk_norm if cfg.qk_norm else None, eps=cfg.rms_norm_eps,
+                interpret=attn.current_platform() != "cuda")
+        return out.reshape(b, 1, cfg.num_heads, cfg.head_dim), (k_layer, v_layer)
+
     def _decode_qkv(self, blk: DecodeLayer, h: jax.Array, positions: jax.Array, inv_freq) -> tuple[jax.Array, ...]:
         """q [B, T, N, H], k and v [B, T, K, H] from one stacked matmul; each kv group's G queries and its key are
         normalised and rotated as one [.., G + 1, H] block (fewer, larger kernels in a launch-bound step)."""
@@ -287,10 +322,8 @@ class Decoder(nnx.Module):
         b, t = h.shape[:2]
         kv, g, hd = cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads, cfg.head_dim
         dtype = cfg.compute_dtype
+        qkv = self._stacked_qkv(blk, h)
         with jax.named_scope("qkv"):
-            qkv = jnp.einsum("MD,DKEH->MKEH", ops.flat_tokens(h), blk.wqkv.astype(dtype))
-            if cfg.qkv_bias:
-                qkv = qkv + blk.bqkv.astype(dtype)
             qk, v = qkv[:, :, :g + 1], qkv[:, :, g + 1]
             if cfg.qk_norm:
                 qk = ops.rms_norm(qk, blk.qk_norm.astype(dtype), cfg.rms_norm_eps)
