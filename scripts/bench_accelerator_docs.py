@@ -91,11 +91,10 @@ def render(results: dict) -> str:
                          f"{row['ms']:.1f} | {row['ms'] / total:.1%} |")
         lines += ["", "Largest kernels: " + ", ".join(
             f"`{k['name'][:60]}` {k['ms']:.0f} ms ({k['count']}x)" for k in prof["top_kernels"][:10]) + ".", ""]
-    hlo = next(iter(_runs(results, "hlo")), None)
-    if hlo and "cache_writes" in hlo:
+    for hlo in (r for r in _runs(results, "hlo") if "cache_writes" in r):
         writes = ", ".join(f"`{w}`" for w in hlo["cache_writes"]) or "none"
-        lines += [f"### Compiled decode loop (Qwen3-0.6B widths, {hlo['layers']} layers, batch 8, prompt 128, 64 new, "
-                  "2 segments)",
+        lines += [f"### Compiled decode loop: {hlo['label']} (Qwen3-0.6B widths, {hlo['layers']} layers, batch 8, "
+                  "prompt 128, 64 new, 2 segments)",
                   "",
                   f"Kernels in the decode loop bodies: {hlo['decode_kernels']} for {hlo['layers']} layers "
                   f"({hlo['steps_per_loop']} tokens per iteration; the inner body runs once per token). Cache-sized "
