@@ -14,7 +14,7 @@ import bench_accelerator_docs  # noqa: E402
 
 def test_smoke_runs_on_cpu(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_accelerator.py"), str(tmp_path), "--smoke",
-                           "--only", "ceilings;hlo"], capture_output=True, text=True, timeout=300)
+                           "--only", "ceilings;decode HLO"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = json.loads((tmp_path / "bench_accelerator.json").read_text())
     runs = {r["section"]: r for r in results["runs"]}
