@@ -161,6 +161,9 @@ def resolve_decode_backend(requested: str, platform: str, *, t: int, s: int, hea
     if requested not in DECODE_ATTENTION_BACKENDS:
         raise ValueError(f"decode attention backend {requested!r} is not one of {DECODE_ATTENTION_BACKENDS}")
     fits = t == 1 and contiguous and decode_kernel.fits(groups, head_dim, s)
+    if requested == "pallas" and platform == "tpu":
+        raise ValueError("decode_attention='pallas' is a Triton kernel for GPUs (interpret mode elsewhere, for tests); "
+                         "on TPU use 'xla' or 'auto'")
     if requested == "pallas":
         if not fits:
             raise ValueError(f"decode_attention='pallas' needs one query per row, contiguous rows (starts), a cache "
@@ -196,8 +199,7 @@ def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, cache: LayerCache
         if impl == "pallas":  # writes the cache and attends in one kernel (q and k already normed and rotated)
             qkv = jnp.concatenate([q[:, 0].reshape(b, kv_heads, n // kv_heads, h), k[:, 0, :, None],
                                    v[:, 0, :, None]], axis=2)
-            out, k_layer, v_layer = decode_kernel.attend(qkv, cache.k, cache.v, cache.starts, cache.index,
-                                                         interpret=current_platform() != "cuda")
+            out, k_layer, v_layer = decode_kernel.attend(qkv, cache.k, cache.v, cache.starts, cache.index)
             return out.reshape(b, 1, n, h), (k_layer, v_layer)
     at = (0, 0, cache.index, 0)
     k_layer = jax.lax.dynamic_update_slice(cache.k, to_cache(k.swapaxes(1, 2), cache.k.dtype), at)

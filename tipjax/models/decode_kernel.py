@@ -53,6 +53,7 @@ def attend(qkv: jax.Array, k_cache: jax.Array, v_cache: jax.Array, starts: jax.A
       starts: [B] int32, each row's first visible slot (LayerCache.starts); index: [] int32, this step's slot.
       rope: (cos, sin) [B, H/2] fp32 of each row's position, or None (q and k are used as given).
       qk_norm: [G + 1, H] (DecodeLayer.qk_norm) or None; eps its epsilon.
+      interpret: Pallas interpret mode; default: off on GPUs (CUDA or ROCm), on elsewhere.
     Returns:
       (out [B, K, G, H] in qkv's dtype, k_cache, v_cache with slot `index` written).
     """

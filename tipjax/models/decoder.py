@@ -311,8 +311,7 @@ class Decoder(nnx.Module):
             angles = positions[:, 0].astype(jnp.float32)[:, None] * jnp.asarray(inv_freq)  # [B, H/2]
             out, k_layer, v_layer = decode_kernel.attend(
                 qkv, cache.k, cache.v, cache.starts, cache.index, rope=(jnp.cos(angles), jnp.sin(angles)),
-                qk_norm=blk.qk_norm if cfg.qk_norm else None, eps=cfg.rms_norm_eps,
-                interpret=attn.current_platform() != "cuda")
+                qk_norm=blk.qk_norm if cfg.qk_norm else None, eps=cfg.rms_norm_eps)
         return out.reshape(b, 1, cfg.num_heads, cfg.head_dim), (k_layer, v_layer)
 
     def _decode_qkv(self, blk: DecodeLayer, h: jax.Array, positions: jax.Array, inv_freq) -> tuple[jax.Array, ...]:
