@@ -17,6 +17,8 @@ and value enter from registers: a program never reads the slot it writes. The ca
 dtype (float8 too).
 
 Lowered by Pallas to Triton on GPUs; anywhere else it runs in Pallas interpret mode (the tests' reference path).
+jax 0.11 deprecates Pallas's Triton backend in favour of Mosaic GPU (a warning at lowering); it works in the jax
+versions pyproject.toml allows (< 0.12), and a Mosaic GPU port is the way forward once this one is measured.
 """
 
 from __future__ import annotations
