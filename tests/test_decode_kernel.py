@@ -115,3 +115,24 @@ def test_lowers_to_one_triton_kernel_for_cuda(groups, cache_dtype):
             raise
         pytest.skip(f"this jax cannot lower Pallas to Triton without a GPU: {err}")
     assert text.count("__gpu$xla.gpu.triton") == 1
+
+
+def test_under_a_mesh_each_device_runs_its_rows_and_heads():
+    """XLA does not partition a Triton call: on a mesh the kernel runs under shard_map (rows over data x fsdp,
+    kv heads over tensor) and equals the one-device result, caches included."""
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    from tipjax import models
+
+    qkv, k_cache, v_cache, norm, rope = case(2, 3)
+    starts, index = jnp.asarray([0, 5, 33, 60]), jnp.int32(64)
+    fn = jax.jit(functools.partial(decode_kernel.attend, eps=EPS))
+    want = fn(qkv, k_cache, v_cache, starts, index, rope=rope, qk_norm=norm)
+    mesh = models.make_mesh(data=2, fsdp=2, tensor=2)
+    slab = NamedSharding(mesh, P(("data", "fsdp"), "tensor", None, None))
+    args = [jax.device_put(x, slab) for x in (qkv, k_cache, v_cache)]
+    with jax.set_mesh(mesh):
+        assert "shard_map" in str(jax.make_jaxpr(fn)(*args, starts, index, rope=rope, qk_norm=norm))
+        got = fn(*args, starts, index, rope=rope, qk_norm=norm)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=1e-6, rtol=1e-6)

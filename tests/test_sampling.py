@@ -210,16 +210,19 @@ def test_bucketed_compiles_are_bounded(tmp_path):
     assert sampling._jit_generate._cache_size() - before == 1
 
 
-def test_sharded_mesh_equals_single_device(tmp_path):
-    _, path = tiny_hf(tmp_path, "qwen3", vocab=128)  # PROMPTS hold ids up to 100
+@pytest.mark.parametrize("decode", ["auto", "pallas"])  # pallas: the kernel under shard_map (the mesh context)
+def test_sharded_mesh_equals_single_device(tmp_path, decode):
+    _, path = tiny_hf(tmp_path, "qwen3", vocab=128, head_dim=16)  # PROMPTS hold ids up to 100
     single = models.load_hf(path, dtype=jnp.float32)
     mesh = models.make_mesh(data=2, fsdp=2, tensor=2)
-    sharded = models.load_hf(path, dtype=jnp.float32, mesh=mesh, rules=models.SAMPLING_RULES)
+    sharded = models.load_hf(path, dtype=jnp.float32, mesh=mesh, rules=models.SAMPLING_RULES,
+                             decode_attention=decode)
     ids, mask = left_padded(PROMPTS * 2)
     kwargs = dict(max_new_tokens=8, temperature=0.0, eos_token_id=5, rng=jax.random.key(0))
     a = sampling.generate(single, ids, mask, **kwargs)
     batch = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))
-    b = sampling.generate(sharded, jax.device_put(ids, batch), jax.device_put(mask, batch), **kwargs)
+    with jax.set_mesh(mesh):
+        b = sampling.generate(sharded, jax.device_put(ids, batch), jax.device_put(mask, batch), **kwargs)
     np.testing.assert_array_equal(a.tokens, b.tokens)
     np.testing.assert_array_equal(a.response_mask, b.response_mask)
 

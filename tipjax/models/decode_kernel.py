@@ -29,7 +29,9 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pl_triton
+from jax.sharding import PartitionSpec as P
 
+from tipjax.models import sharding
 from tipjax.models.cache import to_cache
 
 BLOCK = 32  # cache slots per loop iteration: a [G, BLOCK, H / 2] fp32 product stays in registers for G <= 4
@@ -56,6 +58,8 @@ def attend(qkv: jax.Array, k_cache: jax.Array, v_cache: jax.Array, starts: jax.A
       rope: (cos, sin) [B, H/2] fp32 of each row's position, or None (q and k are used as given).
       qk_norm: [G + 1, H] (DecodeLayer.qk_norm) or None; eps its epsilon.
       interpret: Pallas interpret mode; default: off on GPUs (CUDA or ROCm), on elsewhere.
+    On a device mesh, call it under `jax.set_mesh` (the trainer does): the kernel then runs under shard_map per
+    device. Without a mesh context XLA would gather sharded operands for the Triton call.
     Returns:
       (out [B, K, G, H] in qkv's dtype, k_cache, v_cache with slot `index` written).
     """
@@ -70,8 +74,27 @@ def attend(qkv: jax.Array, k_cache: jax.Array, v_cache: jax.Array, starts: jax.A
     ones = jnp.ones((b, half), jnp.float32)
     cos, sin = (ones, ones * 0) if rope is None else rope
     norm = jnp.ones((g + 1, h), qkv.dtype) if qk_norm is None else qk_norm.astype(qkv.dtype)
-    kernel = functools.partial(_kernel, groups=g, half=half, scale=h**-0.5, eps=eps, normed=qk_norm is not None,
-                               rotated=rope is not None)
+    args = (starts.astype(jnp.int32), jnp.reshape(index, (1,)).astype(jnp.int32), qkv, cos.astype(jnp.float32),
+            sin.astype(jnp.float32), norm, k_cache, v_cache)
+    run = functools.partial(_call, groups=g, scale=h**-0.5, eps=eps, normed=qk_norm is not None,
+                            rotated=rope is not None, interpret=interpret)
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1:
+        return run(*args)
+    # XLA does not partition a Triton call: on a mesh each device runs the kernel on its own rows and kv heads
+    # (split as the sampling rules place the cache; an axis that does not divide stays replicated).
+    slab_spec = sharding.logical_to_spec(("batch", "kv_heads", None, None), sharding.SAMPLING_RULES,
+                                         shape=k_cache.shape, mesh=mesh)
+    rows = P(slab_spec[0])
+    in_specs = (rows, P(), slab_spec, P(slab_spec[0], None), P(slab_spec[0], None), P(), slab_spec, slab_spec)
+    return jax.shard_map(run, mesh=mesh, in_specs=in_specs, out_specs=(slab_spec, slab_spec, slab_spec),
+                         check_vma=False)(*args)
+
+
+def _call(starts, index, qkv, cos, sin, norm, k_cache, v_cache, *, groups, scale, eps, normed, rotated, interpret):
+    b, kv, e, h = qkv.shape
+    g, s, half = groups, k_cache.shape[2], h // 2
+    kernel = functools.partial(_kernel, groups=g, half=half, scale=scale, eps=eps, normed=normed, rotated=rotated)
     slab = lambda i, j: (i, j, 0, 0)
     return pl.pallas_call(
         kernel,
@@ -100,8 +123,7 @@ def attend(qkv: jax.Array, k_cache: jax.Array, v_cache: jax.Array, starts: jax.A
         compiler_params=pl_triton.CompilerParams(num_warps=4, num_stages=2),
         interpret=interpret,
         name="tipjax_decode_attention",
-    )(starts.astype(jnp.int32), jnp.reshape(index, (1,)).astype(jnp.int32), qkv, cos.astype(jnp.float32),
-      sin.astype(jnp.float32), norm, k_cache, v_cache)
+    )(starts, index, qkv, cos, sin, norm, k_cache, v_cache)
 
 
 def _kernel(starts_ref, index_ref, qkv_ref, cos_ref, sin_ref, norm_ref, k_ref, v_ref, o_ref, ko_ref, vo_ref, *,
