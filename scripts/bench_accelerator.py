@@ -310,8 +310,14 @@ def worker_hlo(args, smoke):
                 while_loops=len(re.findall(r" while\(", text)), instructions=len(re.findall(r"^\s+\S+ = ", text, re.M)))
 
 
+def worker_kernel(args, smoke):
+    """The attention half of a decode layer alone: the Pallas kernel's tilings vs the xla path."""
+    import bench_decode_kernel
+    return bench_decode_kernel.run(smoke)
+
+
 WORKERS = {"hlo": worker_hlo, "ceilings": worker_ceilings, "decode": worker_decode, "forward": worker_forward,
-           "train": worker_train}
+           "train": worker_train, "kernel": worker_kernel}
 
 
 def worker_main(name: str, args: dict, smoke: bool) -> None:
@@ -334,7 +340,8 @@ def plan():
         ("ceilings", "ceilings", "ceilings", {}, "new", {}, 10),
         ("decode", "decode new", "decode", dict(variants=[dict(name="defaults (xla, 8 tokens/iteration)")]), "new",
          {}, 60),
-        # tipjax's Pallas kernel: cache write and attention in one launch per layer, filled slots only.
+        # tipjax's Pallas kernel: alone against the xla path (and checked against it), then in the sampler.
+        ("kernel", "decode attention kernel", "kernel", {}, "new", {}, 40),
         ("decode", "decode new, pallas", "decode",
          dict(variants=[dict(name="tipjax Pallas write+attend kernel, 8 tokens/iteration", model=pallas)]), "new",
          {}, 60),

@@ -74,6 +74,22 @@ def test_attend_equals_reference(groups, index, starts, norm_rope):
     np.testing.assert_allclose(np.asarray(out).reshape(B, KV * groups, H), want, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("tiling", [decode_kernel.Tiling(block=64, num_warps=8, num_stages=3),
+                                    decode_kernel.Tiling(block=128, num_warps=4, num_stages=1)])
+def test_other_tilings_equal_reference(tiling):
+    qkv, k_cache, v_cache, norm, rope = case(2, 11)
+    k_cache, v_cache = (jnp.concatenate([x, x[:, :, :32]], axis=2) for x in (k_cache, v_cache))  # 128 slots
+    starts, index = np.array([0, 5, 70, 100]), 120
+    out, k2, _ = decode_kernel.attend(qkv, k_cache, v_cache, jnp.asarray(starts), jnp.int32(index), rope=rope,
+                                      qk_norm=norm, eps=EPS, tiling=tiling)
+    k_ref, _, want = expected(qkv, k_cache, v_cache, norm, rope, starts, index)
+    np.testing.assert_allclose(k2, k_ref, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(out).reshape(B, KV * 2, H), want, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match=f"multiple of {tiling.block}"):  # 96 slots
+        decode_kernel.attend(qkv, k_cache[:, :, :96], v_cache[:, :, :96], jnp.asarray(starts), jnp.int32(64),
+                             tiling=tiling)
+
+
 def test_bf16_stays_close_and_keeps_dtypes():
     qkv, k_cache, v_cache, norm, rope = case(2, 7, jnp.bfloat16)
     starts, index = np.array([0, 10, 40, 70]), 80

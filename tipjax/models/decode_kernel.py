@@ -23,6 +23,7 @@ versions pyproject.toml allows (< 0.12), and a Mosaic GPU port is the way forwar
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -37,6 +38,16 @@ from tipjax.models.cache import to_cache
 BLOCK = 32  # cache slots per loop iteration: a [G, BLOCK, H / 2] fp32 product stays in registers for G <= 4
 
 
+@dataclasses.dataclass(frozen=True)
+class Tiling:
+    """Triton launch settings: slots per loop iteration (a multiple of BLOCK, so any cache fits), warps per
+    program, software-pipelining stages. The defaults are a guess until measured (scripts/bench_accelerator.py's
+    `pallas kernel tilings` row times several)."""
+    block: int = BLOCK
+    num_warps: int = 4
+    num_stages: int = 2
+
+
 def fits(groups: int, head_dim: int, slots: int) -> bool:
     """Whether the kernel takes these shapes: Triton tensors have power-of-two sizes."""
     pow2 = lambda n: n >= 1 and n & (n - 1) == 0
@@ -45,7 +56,7 @@ def fits(groups: int, head_dim: int, slots: int) -> bool:
 
 def attend(qkv: jax.Array, k_cache: jax.Array, v_cache: jax.Array, starts: jax.Array, index: jax.Array, *,
            rope: tuple[jax.Array, jax.Array] | None = None, qk_norm: jax.Array | None = None, eps: float = 1e-6,
-           interpret: bool | None = None):
+           interpret: bool | None = None, tiling: Tiling | None = None):
     """Norm and rotate this step's queries and key, write key and value at slot `index`, attend over
     [starts[b], index].
 
@@ -58,6 +69,7 @@ def attend(qkv: jax.Array, k_cache: jax.Array, v_cache: jax.Array, starts: jax.A
       rope: (cos, sin) [B, H/2] fp32 of each row's position, or None (q and k are used as given).
       qk_norm: [G + 1, H] (DecodeLayer.qk_norm) or None; eps its epsilon.
       interpret: Pallas interpret mode; default: off on GPUs (CUDA or ROCm), on elsewhere.
+      tiling: Triton launch settings (default Tiling()); S must be a multiple of tiling.block.
     On a device mesh, call it under `jax.set_mesh` (the trainer does): the kernel then runs under shard_map per
     device. Without a mesh context XLA would gather sharded operands for the Triton call.
     Returns:
@@ -65,9 +77,10 @@ def attend(qkv: jax.Array, k_cache: jax.Array, v_cache: jax.Array, starts: jax.A
     """
     b, kv, e, h = qkv.shape
     g, s = e - 2, k_cache.shape[2]
-    if not fits(g, h, s):
+    tiling = tiling or Tiling()
+    if not fits(g, h, s) or s % tiling.block:
         raise ValueError(f"the Pallas decode kernel needs power-of-two groups and head_dim >= 16 and slots a "
-                         f"multiple of {BLOCK}; got G={g}, H={h}, S={s}")
+                         f"multiple of {max(BLOCK, tiling.block)}; got G={g}, H={h}, S={s}")
     if interpret is None:
         interpret = jax.default_backend() != "gpu"
     half = h // 2
@@ -77,7 +90,7 @@ def attend(qkv: jax.Array, k_cache: jax.Array, v_cache: jax.Array, starts: jax.A
     args = (starts.astype(jnp.int32), jnp.reshape(index, (1,)).astype(jnp.int32), qkv, cos.astype(jnp.float32),
             sin.astype(jnp.float32), norm, k_cache, v_cache)
     run = functools.partial(_call, groups=g, scale=h**-0.5, eps=eps, normed=qk_norm is not None,
-                            rotated=rope is not None, interpret=interpret)
+                            rotated=rope is not None, interpret=interpret, tiling=tiling)
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or mesh.size == 1:
         return run(*args)
@@ -91,10 +104,12 @@ def attend(qkv: jax.Array, k_cache: jax.Array, v_cache: jax.Array, starts: jax.A
                          check_vma=False)(*args)
 
 
-def _call(starts, index, qkv, cos, sin, norm, k_cache, v_cache, *, groups, scale, eps, normed, rotated, interpret):
+def _call(starts, index, qkv, cos, sin, norm, k_cache, v_cache, *, groups, scale, eps, normed, rotated, interpret,
+          tiling):
     b, kv, e, h = qkv.shape
     g, s, half = groups, k_cache.shape[2], h // 2
-    kernel = functools.partial(_kernel, groups=g, half=half, scale=scale, eps=eps, normed=normed, rotated=rotated)
+    kernel = functools.partial(_kernel, groups=g, half=half, scale=scale, eps=eps, normed=normed, rotated=rotated,
+                               block=tiling.block)
     slab = lambda i, j: (i, j, 0, 0)
     return pl.pallas_call(
         kernel,
@@ -120,14 +135,14 @@ def _call(starts, index, qkv, cos, sin, norm, k_cache, v_cache, *, groups, scale
         input_output_aliases={6: 1, 7: 2},
         # Triton, not the default Mosaic GPU backend: a whole [S, H] slab per program is Triton's pointer block,
         # Mosaic GPU would stage it in shared memory.
-        compiler_params=pl_triton.CompilerParams(num_warps=4, num_stages=2),
+        compiler_params=pl_triton.CompilerParams(num_warps=tiling.num_warps, num_stages=tiling.num_stages),
         interpret=interpret,
         name="tipjax_decode_attention",
     )(starts, index, qkv, cos, sin, norm, k_cache, v_cache)
 
 
 def _kernel(starts_ref, index_ref, qkv_ref, cos_ref, sin_ref, norm_ref, k_ref, v_ref, o_ref, ko_ref, vo_ref, *,
-            groups, half, scale, eps, normed, rotated):
+            groups, half, scale, eps, normed, rotated, block):
     f32, dtype = jnp.float32, qkv_ref.dtype
     g, lo, hi = groups, pl.ds(0, half), pl.ds(half, half)
     start, index = starts_ref[()], index_ref[()]
@@ -159,13 +174,13 @@ def _kernel(starts_ref, index_ref, qkv_ref, cos_ref, sin_ref, norm_ref, k_ref, v
     norm = jnp.ones_like(m)
     acc = jnp.broadcast_to(v_new.astype(f32), (g, 2 * half))
 
-    def block(j, carry):
+    def step(j, carry):
         m, norm, acc = carry
-        at = pl.multiple_of(j * BLOCK, BLOCK)
-        rows = pl.ds(at, BLOCK)
+        at = pl.multiple_of(j * block, block)
+        rows = pl.ds(at, block)
         keys1, keys2 = k_ref[rows, lo].astype(f32), k_ref[rows, hi].astype(f32)  # [BLOCK, H/2]
         values = v_ref[rows, :].astype(f32)                                      # [BLOCK, H]
-        slots = at + jnp.arange(BLOCK)
+        slots = at + jnp.arange(block)
         seen = (slots >= start) & (slots < index)                                # the new slot is counted above
         scores = (jnp.sum(q1[:, None, :] * keys1[None, :, :], -1)
                   + jnp.sum(q2[:, None, :] * keys2[None, :, :], -1))             # [G, BLOCK]
@@ -176,5 +191,5 @@ def _kernel(starts_ref, index_ref, qkv_ref, cos_ref, sin_ref, norm_ref, k_ref, v
         acc = acc * fade[:, None] + jnp.sum(p[:, :, None] * values[None, :, :], axis=1)
         return m_next, norm * fade + jnp.sum(p, -1), acc
 
-    m, norm, acc = jax.lax.fori_loop(start // BLOCK, (index + BLOCK - 1) // BLOCK, block, (m, norm, acc))
+    m, norm, acc = jax.lax.fori_loop(start // block, (index + block - 1) // block, step, (m, norm, acc))
     o_ref[...] = (acc / norm[:, None]).astype(o_ref.dtype)
