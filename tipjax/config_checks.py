@@ -44,10 +44,17 @@ def _check_model(name: str, spec: ModelSpec, *, files: bool = True) -> None:
     for field in ("param_dtype", "compute_dtype"):
         _check(getattr(spec, field) in _DTYPES, f"{name}.{field}", getattr(spec, field), f"must be one of {_DTYPES}")
     _check(spec.remat in _REMATS, f"{name}.remat", spec.remat, f"must be one of {_REMATS}")
+    _check_decode_kernel(name, spec, files=files)
 
 
 def _vocab_size(spec: ModelSpec, *, files: bool) -> int | None:
     """The embedding rows of a model spec, read without loading it (arch dict, preset, config.json); None if unknown."""
+    vocab = _hf_fields(spec, files=files).get("vocab_size")
+    return vocab if isinstance(vocab, int) else None
+
+
+def _hf_fields(spec: ModelSpec, *, files: bool) -> dict:
+    """A model spec's HF config fields, read without loading it (arch dict, preset, config.json); {} if unknown."""
     import json
 
     hf = spec.arch
@@ -55,13 +62,30 @@ def _vocab_size(spec: ModelSpec, *, files: bool) -> int | None:
         try:
             hf = json.loads((Path(spec.path) / "config.json").read_text())
         except (OSError, ValueError):
-            return None  # the model loader names the folder's problem
+            return {}  # the model loader names the folder's problem
     if hf is None and spec.preset is not None:
         from tipjax import models
 
-        return models.PRESETS[spec.preset].vocab_size if spec.preset in models.PRESETS else None
-    hf = (hf or {}).get("text_config", hf or {})
-    return hf.get("vocab_size") if isinstance(hf.get("vocab_size"), int) else None
+        return models.PRESETS[spec.preset].to_hf_dict() if spec.preset in models.PRESETS else {}
+    hf = hf or {}
+    return hf.get("text_config", hf)
+
+
+def _check_decode_kernel(name: str, spec: ModelSpec, *, files: bool) -> None:
+    """decode_attention='pallas' on a model whose head shapes the Triton kernel cannot take: before any loading."""
+    if spec.decode_attention != "pallas":
+        return
+    from tipjax.models import decode_kernel
+
+    hf = _hf_fields(spec, files=files)
+    heads = hf.get("num_attention_heads")
+    if not isinstance(heads, int):
+        return  # unknown here: the sampler checks again
+    kv_heads = hf.get("num_key_value_heads") or heads
+    head_dim = hf.get("head_dim") or hf.get("hidden_size", 0) // heads
+    _check(decode_kernel.fits(heads // kv_heads, head_dim, decode_kernel.BLOCK), f"{name}.decode_attention",
+           spec.decode_attention, f"needs power-of-two query heads per kv head and head_dim >= 16; this model has "
+           f"{heads // kv_heads} and {head_dim} (use 'auto')")
 
 
 def validate(cfg: TrainConfig, *, dry_run: bool = False, prepared: bool = False) -> None:
