@@ -96,3 +96,26 @@ def test_bad_cache_dtype_is_one_line_error():
     for bad in ("int8", "fp8", jnp.float64):
         with pytest.raises(ValueError, match="cache dtype .* is not supported; valid: bfloat16"):
             sampling.generate(model, ids, ids, max_new_tokens=2, rng=jax.random.key(0), cache_dtype=bad)
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_the_trainers_rollout_uses_rollout_kv_cache_dtype(groups):
+    """rollout.kv_cache_dtype reaches the sampler inside the step (also through rollout groups' lax.map)."""
+    from tipjax import step as step_lib
+    from tipjax.config_schema import RolloutSpec, SelectionSpec
+
+    cfg = models.ModelConfig.from_hf_dict({
+        "architectures": ["Qwen3ForCausalLM"], "vocab_size": 97, "hidden_size": 32, "intermediate_size": 64,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16})
+    model = models.init(cfg, jax.random.key(0))
+    ids = jnp.ones((2, 6), jnp.int32)
+    carried = {}
+    for dtype in ("", "float8_e4m3fn"):
+        settings = step_lib.StepSettings(
+            rollout=RolloutSpec(samples_per_prompt=2, max_new_tokens=8, groups=groups, kv_cache_dtype=dtype),
+            selection=SelectionSpec(), eos_ids=(), vocab=97)
+        jaxpr = jax.make_jaxpr(lambda m, i, k: step_lib._rollout(settings, m, i, i, k).tokens)(
+            model, ids, jax.random.key(1))
+        carried[dtype] = {str(v.aval).split("[")[0] for e in jaxpr_walk.equations(jaxpr)
+                          if e.primitive.name == "while" for v in e.invars}
+    assert "float8_e4m3fn" in carried["float8_e4m3fn"] and "float8_e4m3fn" not in carried[""]
