@@ -40,9 +40,9 @@ BLOCK = 32  # cache slots per loop iteration: a [G, BLOCK, H / 2] fp32 product s
 
 @dataclasses.dataclass(frozen=True)
 class Tiling:
-    """Triton launch settings: slots per loop iteration (a multiple of BLOCK, so any cache fits), warps per
-    program, software-pipelining stages. The defaults are a guess until measured (scripts/bench_accelerator.py's
-    `pallas kernel tilings` row times several)."""
+    """Triton launch settings: cache slots per loop iteration (a power of two >= BLOCK; the cache length must be a
+    multiple of it, and the sampler rounds caches to BLOCK only), warps per program, software-pipelining stages.
+    The defaults are a guess until measured: scripts/bench_decode_kernel.py times several."""
     block: int = BLOCK
     num_warps: int = 4
     num_stages: int = 2
