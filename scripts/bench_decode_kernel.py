@@ -19,7 +19,9 @@ import functools
 import json
 import time
 
-TILINGS = ((32, 4, 2), (64, 4, 2), (64, 8, 2), (128, 8, 2), (32, 4, 3))  # (block, num_warps, num_stages)
+# (block, num_warps, num_stages, splits): the default, wider blocks and more warps, deeper pipelining, and
+# flash-decoding splits (more programs when batch x kv heads is small).
+TILINGS = ((32, 4, 2, 1), (64, 4, 2, 1), (64, 8, 2, 1), (128, 8, 2, 1), (32, 4, 3, 1), (32, 4, 2, 4), (64, 4, 2, 8))
 
 
 def run(smoke: bool) -> dict:
@@ -58,8 +60,9 @@ def run(smoke: bool) -> dict:
                                         jnp.sin(angles)), qk_norm=norm, eps=eps, tiling=tiling)
 
         variants = [("xla path (8 kernels)", xla)] + [
-            (f"kernel block {blk}, {w} warps, {st} stages", functools.partial(kernel, decode_kernel.Tiling(blk, w, st)))
-            for blk, w, st in (TILINGS[:1] if smoke else TILINGS)]
+            (f"kernel block {blk}, {w} warps, {st} stages, {sp} splits",
+             functools.partial(kernel, decode_kernel.Tiling(blk, w, st, sp)))
+            for blk, w, st, sp in (TILINGS[::5] if smoke else TILINGS)]
         want = None
         for name, fn in variants:
             row = dict(variant=name, batch=b, **_time(fn, qkv, k_cache, v_cache, calls))

@@ -22,7 +22,7 @@ def test_smoke_runs_on_cpu(tmp_path):
     assert results["smoke"] and set(runs) == {"ceilings", "hlo", "kernel"}
     # The kernel row checks the kernel against the xla path (bf16: within rounding) besides timing both.
     kernel_rows = runs["kernel"]["rows"]
-    assert len(kernel_rows) == 2 and all(r["us_per_call"] > 0 and r["max_abs_diff_vs_xla"] < 1e-2 for r in kernel_rows)
+    assert len(kernel_rows) == 3 and all(r["us_per_call"] > 0 and r["max_abs_diff_vs_xla"] < 1e-2 for r in kernel_rows)
     assert kernel_rows[0]["max_abs_diff_vs_xla"] == 0.0  # the xla row is its own reference
     assert "error" not in runs["ceilings"] and runs["ceilings"]["copy_bytes_per_s"] > 0
     assert runs["hlo"]["cache_copies"] == [] and runs["hlo"]["while_loops"] >= 1

@@ -90,6 +90,25 @@ def test_other_tilings_equal_reference(tiling):
                              tiling=tiling)
 
 
+@pytest.mark.parametrize("splits", [2, 3, 4])
+@pytest.mark.parametrize("index, starts", [
+    (64, [0, 5, 33, 60]),     # 1-3 blocks per row: some splits get no block
+    (95, [0, 31, 95, 40]),    # a row whose only visible slot is the new one, its block all masked
+    (0, [0, 0, 0, 0]),        # an empty cache: every split but the first sees nothing
+])
+def test_split_rows_equal_reference(splits, index, starts):
+    """Flash-decoding splits: each row's blocks shared over several programs, partial results combined."""
+    qkv, k_cache, v_cache, norm, rope = case(4, splits + index)
+    starts = np.asarray(starts)
+    out, k2, v2 = decode_kernel.attend(qkv, k_cache, v_cache, jnp.asarray(starts), jnp.int32(index), rope=rope,
+                                       qk_norm=norm, eps=EPS, tiling=decode_kernel.Tiling(splits=splits))
+    k_ref, v_ref, want = expected(qkv, k_cache, v_cache, norm, rope, starts, index)
+    np.testing.assert_allclose(k2, k_ref, atol=1e-5, rtol=1e-5)
+    np.testing.assert_array_equal(v2, v_ref)
+    assert np.all(np.isfinite(np.asarray(out)))
+    np.testing.assert_allclose(np.asarray(out).reshape(B, KV * 4, H), want, atol=1e-5, rtol=1e-5)
+
+
 def test_bf16_stays_close_and_keeps_dtypes():
     qkv, k_cache, v_cache, norm, rope = case(2, 7, jnp.bfloat16)
     starts, index = np.array([0, 10, 40, 70]), 80
@@ -110,9 +129,9 @@ def test_shapes_triton_cannot_take_are_an_error(groups, head_dim, slots):
         decode_kernel.attend(qkv, kv, kv, jnp.zeros((1,), jnp.int32), jnp.int32(0))
 
 
-@pytest.mark.parametrize("groups", [1, 2, 4])
+@pytest.mark.parametrize("groups, splits", [(1, 1), (2, 1), (4, 1), (2, 4)])
 @pytest.mark.parametrize("cache_dtype", [jnp.bfloat16, jnp.float8_e4m3fn])
-def test_lowers_to_one_triton_kernel_for_cuda(groups, cache_dtype):
+def test_lowers_to_one_triton_kernel_for_cuda(groups, splits, cache_dtype):
     """The kernel at the OPD rollout's shapes (norm and rope on) lowers, on this CPU, to one Triton call for an
     H200: Pallas's lowering rules for Triton run here; Triton's own compiler runs only on a GPU."""
     b, kv, s, h = 64, 8, 1280, 128
@@ -122,7 +141,8 @@ def test_lowers_to_one_triton_kernel_for_cuda(groups, cache_dtype):
         ((groups + 1, h), jnp.bfloat16))]
 
     def run(qkv, k, v, starts, index, cos, sin, norm):
-        return decode_kernel.attend(qkv, k, v, starts, index, rope=(cos, sin), qk_norm=norm, interpret=False)
+        return decode_kernel.attend(qkv, k, v, starts, index, rope=(cos, sin), qk_norm=norm, interpret=False,
+                                    tiling=decode_kernel.Tiling(splits=splits))
 
     # An abstract H200 to lower for (jax >= 0.11 asks the device for its compute capability).
     h200 = jax.sharding.AbstractDevice(device_kind="NVIDIA H200", num_cores=132, platform="gpu")

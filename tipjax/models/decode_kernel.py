@@ -41,11 +41,14 @@ BLOCK = 32  # cache slots per loop iteration: a [G, BLOCK, H / 2] fp32 product s
 @dataclasses.dataclass(frozen=True)
 class Tiling:
     """Triton launch settings: cache slots per loop iteration (a power of two >= BLOCK; the cache length must be a
-    multiple of it, and the sampler rounds caches to BLOCK only), warps per program, software-pipelining stages.
-    The defaults are a guess until measured: scripts/bench_decode_kernel.py times several."""
+    multiple of it, and the sampler rounds caches to BLOCK only), warps per program, software-pipelining stages,
+    and splits of each row's slots over several programs (flash-decoding: more parallelism when batch x kv heads
+    is small next to the GPU's SMs, for one more small combine kernel). The defaults are a guess until measured:
+    scripts/bench_decode_kernel.py times several."""
     block: int = BLOCK
     num_warps: int = 4
     num_stages: int = 2
+    splits: int = 1  # programs per row and kv head, each over a share of the filled slots, combined after
 
 
 def fits(groups: int, head_dim: int, slots: int) -> bool:
@@ -107,43 +110,55 @@ def attend(qkv: jax.Array, k_cache: jax.Array, v_cache: jax.Array, starts: jax.A
 def _call(starts, index, qkv, cos, sin, norm, k_cache, v_cache, *, groups, scale, eps, normed, rotated, interpret,
           tiling):
     b, kv, e, h = qkv.shape
-    g, s, half = groups, k_cache.shape[2], h // 2
+    g, s, half, splits = groups, k_cache.shape[2], h // 2, tiling.splits
     kernel = functools.partial(_kernel, groups=g, half=half, scale=scale, eps=eps, normed=normed, rotated=rotated,
-                               block=tiling.block)
-    slab = lambda i, j: (i, j, 0, 0)
-    return pl.pallas_call(
+                               block=tiling.block, splits=splits)
+    slab = lambda i, j, k: (i, j, 0, 0)
+    if splits == 1:  # the kernel normalises its own output
+        parts = [pl.BlockSpec((None, None, g, h), slab)], [jax.ShapeDtypeStruct((b, kv, g, h), qkv.dtype)]
+    else:  # unnormalised partial sums and their softmax maxima and normalisers, per split
+        per_split = pl.BlockSpec((None, None, None, g), lambda i, j, k: (i, j, k, 0))
+        parts = ([pl.BlockSpec((None, None, None, g, h), lambda i, j, k: (i, j, k, 0, 0)), per_split, per_split],
+                 [jax.ShapeDtypeStruct((b, kv, splits, g, h), jnp.float32)]
+                 + [jax.ShapeDtypeStruct((b, kv, splits, g), jnp.float32)] * 2)
+    n_out = len(parts[0])
+    results = pl.pallas_call(
         kernel,
-        grid=(b, kv),
+        grid=(b, kv, splits),
         in_specs=[
-            pl.BlockSpec((None,), lambda i, j: (i,)),            # starts
-            pl.BlockSpec((None,), lambda i, j: (0,)),            # index
-            pl.BlockSpec((None, None, e, h), slab),              # qkv
-            pl.BlockSpec((None, half), lambda i, j: (i, 0)),     # cos
-            pl.BlockSpec((None, half), lambda i, j: (i, 0)),     # sin
-            pl.BlockSpec((g + 1, h), lambda i, j: (0, 0)),       # qk_norm
-            pl.BlockSpec((None, None, s, h), slab),              # k_cache
-            pl.BlockSpec((None, None, s, h), slab),              # v_cache
+            pl.BlockSpec((None,), lambda i, j, k: (i,)),            # starts
+            pl.BlockSpec((None,), lambda i, j, k: (0,)),            # index
+            pl.BlockSpec((None, None, e, h), slab),                 # qkv
+            pl.BlockSpec((None, half), lambda i, j, k: (i, 0)),     # cos
+            pl.BlockSpec((None, half), lambda i, j, k: (i, 0)),     # sin
+            pl.BlockSpec((g + 1, h), lambda i, j, k: (0, 0)),       # qk_norm
+            pl.BlockSpec((None, None, s, h), slab),                 # k_cache
+            pl.BlockSpec((None, None, s, h), slab),                 # v_cache
         ],
-        out_specs=[
-            pl.BlockSpec((None, None, g, h), slab),
-            pl.BlockSpec((None, None, s, h), slab),
-            pl.BlockSpec((None, None, s, h), slab),
-        ],
-        out_shape=[jax.ShapeDtypeStruct((b, kv, g, h), qkv.dtype),
-                   jax.ShapeDtypeStruct(k_cache.shape, k_cache.dtype),
-                   jax.ShapeDtypeStruct(v_cache.shape, v_cache.dtype)],
-        input_output_aliases={6: 1, 7: 2},
+        out_specs=parts[0] + [pl.BlockSpec((None, None, s, h), slab), pl.BlockSpec((None, None, s, h), slab)],
+        out_shape=parts[1] + [jax.ShapeDtypeStruct(k_cache.shape, k_cache.dtype),
+                              jax.ShapeDtypeStruct(v_cache.shape, v_cache.dtype)],
+        input_output_aliases={6: n_out, 7: n_out + 1},
         # Triton, not the default Mosaic GPU backend: a whole [S, H] slab per program is Triton's pointer block,
         # Mosaic GPU would stage it in shared memory.
         compiler_params=pl_triton.CompilerParams(num_warps=tiling.num_warps, num_stages=tiling.num_stages),
         interpret=interpret,
         name="tipjax_decode_attention",
     )(starts, index, qkv, cos, sin, norm, k_cache, v_cache)
+    if splits == 1:
+        return tuple(results)
+    acc, m, l, k_layer, v_layer = results
+    top = jnp.max(m, axis=2, keepdims=True)  # finite: split 0 holds the new slot
+    w = jnp.exp(m - top)                     # [B, K, splits, G], 0 for splits that saw nothing
+    out = jnp.sum(w[..., None] * acc, axis=2) / jnp.sum(w * l, axis=2)[..., None]
+    return out.astype(qkv.dtype), k_layer, v_layer
 
 
-def _kernel(starts_ref, index_ref, qkv_ref, cos_ref, sin_ref, norm_ref, k_ref, v_ref, o_ref, ko_ref, vo_ref, *,
-            groups, half, scale, eps, normed, rotated, block):
+def _kernel(starts_ref, index_ref, qkv_ref, cos_ref, sin_ref, norm_ref, k_ref, v_ref, *refs,
+            groups, half, scale, eps, normed, rotated, block, splits):
+    out_refs, (ko_ref, vo_ref) = refs[:-2], refs[-2:]  # (out,) or (acc, max, normaliser) per split
     f32, dtype = jnp.float32, qkv_ref.dtype
+    first = pl.program_id(2) == 0
     g, lo, hi = groups, pl.ds(0, half), pl.ds(half, half)
     start, index = starts_ref[()], index_ref[()]
     rnd = lambda x: x.astype(dtype).astype(f32)  # the xla path's rounding to the compute dtype
@@ -165,14 +180,20 @@ def _kernel(starts_ref, index_ref, qkv_ref, cos_ref, sin_ref, norm_ref, k_ref, v
     q1, q2 = rnd(q1 * scale), rnd(q2 * scale)  # the xla path scales the queries in the compute dtype
     k1, k2 = to_cache(k1, ko_ref.dtype), to_cache(k2, ko_ref.dtype)  # [1, H/2] as the cache will hold them
     v_new = to_cache(qkv_ref[pl.ds(g + 1, 1), :], vo_ref.dtype)      # [1, H]
-    ko_ref[pl.ds(index, 1), lo] = k1
-    ko_ref[pl.ds(index, 1), hi] = k2
-    vo_ref[pl.ds(index, 1), :] = v_new
 
-    # The new slot first (always visible), so the running max is finite and the normaliser >= 1.
-    m = jnp.sum(q1 * k1.astype(f32), -1) + jnp.sum(q2 * k2.astype(f32), -1)    # [G]
-    norm = jnp.ones_like(m)
-    acc = jnp.broadcast_to(v_new.astype(f32), (g, 2 * half))
+    @pl.when(first)  # one program per row and kv head writes the new slot
+    def _():
+        ko_ref[pl.ds(index, 1), lo] = k1
+        ko_ref[pl.ds(index, 1), hi] = k2
+        vo_ref[pl.ds(index, 1), :] = v_new
+
+    # The new slot first (always visible) in split 0, so its running max is finite and its normaliser >= 1;
+    # other splits start empty (max -inf, normaliser 0).
+    s_new = jnp.sum(q1 * k1.astype(f32), -1) + jnp.sum(q2 * k2.astype(f32), -1)    # [G]
+    own = first.astype(f32)  # 1.0 in split 0, else 0.0 (arithmetic: Triton selects want equal shapes)
+    m = s_new + jnp.log(own)  # -inf outside split 0
+    norm = jnp.zeros_like(s_new) + own
+    acc = jnp.broadcast_to(v_new.astype(f32), (g, 2 * half)) * own
 
     def step(j, carry):
         m, norm, acc = carry
@@ -186,10 +207,17 @@ def _kernel(starts_ref, index_ref, qkv_ref, cos_ref, sin_ref, norm_ref, k_ref, v
                   + jnp.sum(q2[:, None, :] * keys2[None, :, :], -1))             # [G, BLOCK]
         scores = jnp.where(seen[None, :], scores, -jnp.inf)
         m_next = jnp.maximum(m, jnp.max(scores, -1))
-        p = jnp.exp(scores - m_next[:, None])
-        fade = jnp.exp(m - m_next)
+        shift = jnp.where(m_next == -jnp.inf, 0.0, m_next)  # a split that has seen nothing yet: no inf - inf
+        p = jnp.exp(scores - shift[:, None])
+        fade = jnp.exp(m - shift)
         acc = acc * fade[:, None] + jnp.sum(p[:, :, None] * values[None, :, :], axis=1)
         return m_next, norm * fade + jnp.sum(p, -1), acc
 
-    m, norm, acc = jax.lax.fori_loop(start // block, (index + block - 1) // block, step, (m, norm, acc))
-    o_ref[...] = (acc / norm[:, None]).astype(o_ref.dtype)
+    lo_block, hi_block = start // block, (index + block - 1) // block
+    share = (hi_block - lo_block + splits - 1) // splits  # blocks per split
+    mine = lo_block + pl.program_id(2) * share
+    m, norm, acc = jax.lax.fori_loop(mine, jnp.minimum(mine + share, hi_block), step, (m, norm, acc))
+    if splits == 1:
+        out_refs[0][...] = (acc / norm[:, None]).astype(out_refs[0].dtype)
+    else:
+        out_refs[0][...], out_refs[1][...], out_refs[2][...] = acc, m, norm
