@@ -249,7 +249,8 @@ class Decoder(nnx.Module):
             h = ops.rms_norm(x, w(blk.attn_norm), cfg.rms_norm_eps)
         b, t = h.shape[:2]
         inv_freq = ops.rope_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
-        if isinstance(blk, DecodeLayer) and self._decode_kernel(cache, t):
+        fused = isinstance(blk, DecodeLayer) and self._decode_kernel(cache, t)  # the Pallas decode kernel
+        if fused:
             out, kv = self._decode_attend(blk, h, positions, inv_freq, cache)
         elif isinstance(blk, DecodeLayer):
             q, k, v = self._decode_qkv(blk, h, positions, inv_freq)
@@ -267,7 +268,7 @@ class Decoder(nnx.Module):
             with jax.named_scope("rope"):
                 q = ops.rope(q, positions, inv_freq)
                 k = ops.rope(k, positions, inv_freq)
-        if not (isinstance(blk, DecodeLayer) and self._decode_kernel(cache, t)):
+        if not fused:
             with jax.named_scope("attention"):
                 settings = dict(backend=cfg.attention, query_chunk=cfg.query_chunk)
                 if cache is None:
