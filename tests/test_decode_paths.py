@@ -111,10 +111,11 @@ def test_sampler_paths_agree(arch):
         np.testing.assert_allclose(outs[name].logprobs, ref.logprobs, atol=1e-5, err_msg=name)
 
 
-def test_segments_and_mapped_groups_draw_the_same_samples():
+@pytest.mark.parametrize("decode", ["xla", "pallas"])
+def test_segments_and_mapped_groups_draw_the_same_samples(decode):
     """The cache grown over 3 segments samples exactly what one segment does (temperature 1, EOS stops), also
-    inside lax.map, as the trainer's rollout groups run it."""
-    model = models.init(models.ModelConfig.from_hf_dict(_HF), jax.random.key(0))
+    inside lax.map, as the trainer's rollout groups run it; with the Pallas kernel too (caches of whole blocks)."""
+    model = models.init(models.ModelConfig.from_hf_dict(_HF, decode_attention=decode), jax.random.key(0))
     ids = jnp.asarray(np.random.default_rng(0).integers(3, 96, (4, 8)), jnp.int32)
     mask = jnp.asarray(np.arange(8)[None] >= np.array([0, 2, 5, 7])[:, None], jnp.int32)
     kw = dict(max_new_tokens=20, temperature=1.0, eos_token_id=5)
