@@ -139,21 +139,23 @@ def _decode_rows(model, cfg, variant, tp, new, smoke, rows):
 def _decode_profile(run, log_dir, new) -> dict:
     """One more call under jax.profiler: kernels and kernel time per decode step, and the share of the call's
     kernel span the device was busy (low: the step is bound by launches, not by the kernels)."""
-    import shutil
-
-    import jax
-    import profile_summary
-    try:  # a profiler failure must not cost the row's timings
-        with jax.profiler.trace(str(log_dir), create_perfetto_trace=True):
-            run()
-        p = profile_summary.summarize(log_dir, "", top=8)
-    except Exception as e:  # noqa: BLE001
-        return dict(profile_error=f"{type(e).__name__}: {e}"[-500:])
-    finally:
-        shutil.rmtree(log_dir, ignore_errors=True)
+    got = _profiled(run, log_dir, top=8)
+    if "profile_error" in got:
+        return got
+    p = got["profile"]
     return dict(kernels_per_step=p["kernels"] / new, kernel_ms_per_step=p["total_ms"] / new,
                 busy_share=p["total_ms"] / max(p["span_ms"], 1e-9),
                 top_kernels=[dict(k, ms=k["ms"] / new, count=k["count"] / new) for k in p["top_kernels"]])
+
+
+def _profiled(run, log_dir, hlo_text: str = "", top: int = 30) -> dict:
+    """{"profile": profile_summary of one run()} or {"profile_error": ...}: a profiler failure must not cost the
+    row's timings."""
+    import profile_summary
+    try:
+        return dict(profile=profile_summary.profile(run, log_dir, hlo_text, top))
+    except Exception as e:  # noqa: BLE001
+        return dict(profile_error=f"{type(e).__name__}: {e}"[-500:])
 
 
 def worker_forward(args, smoke):
@@ -263,18 +265,8 @@ def worker_train(args, smoke):
         out.update(rollout_s=roll_s, update_s=update_s, update_tflops_probe=probe_flops / update_s / 1e12,
                    update_model_tflops=model_flops / update_s / 1e12)
     if args.get("profile"):  # one more step under the profiler: device time by scope (the trace is not kept)
-        import shutil
-
-        import profile_summary
-        log_dir = Path(args["profile"])
-        try:  # a profiler failure must not cost the row's timings
-            with jax.profiler.trace(str(log_dir), create_perfetto_trace=True):
-                state, metrics = compiled(state, teacher, ids, mask)
-                jax.block_until_ready(metrics)
-            out["profile"] = profile_summary.summarize(log_dir, compiled.as_text())
-        except Exception as e:  # noqa: BLE001
-            out["profile_error"] = f"{type(e).__name__}: {e}"[-500:]
-        shutil.rmtree(log_dir, ignore_errors=True)
+        out.update(_profiled(lambda: jax.block_until_ready(compiled(state, teacher, ids, mask)[1]),
+                             Path(args["profile"]), compiled.as_text()))
     print(out, flush=True)
     return out
 

@@ -27,7 +27,7 @@ TILINGS = ((32, 4, 2, 1), (64, 4, 2, 1), (64, 8, 2, 1), (128, 8, 2, 1), (32, 4, 
 def run(smoke: bool) -> dict:
     import jax
     import jax.numpy as jnp
-    from tipjax.models import attention, decode_kernel
+    from tipjax.models import attention, decode_kernel, decoder
     from tipjax.models import layers as ops
     from tipjax.models.cache import LayerCache
 
@@ -45,19 +45,16 @@ def run(smoke: bool) -> dict:
         positions = jnp.full((b,), index, jnp.int32)
         mask = jnp.broadcast_to(jnp.arange(s)[None] <= index, (b, s))
 
-        def xla(qkv, kc, vc):
-            qk = ops.rms_norm(qkv[:, :, :g + 1], norm, eps)
-            qk = ops.rope(qk.reshape(b, 1, kv * (g + 1), h), positions[:, None], inv_freq).reshape(b, kv, g + 1, h)
-            q = qk[:, :, :g].reshape(b, 1, kv * g, h)
+        def xla(qkv, kc, vc):  # the decoder's own xla path: split_qkv, then cached_attention
+            q, k, v = decoder.split_qkv(qkv, positions[:, None], inv_freq, qk_norm=norm, eps=eps)
             cache = LayerCache(k=kc, v=vc, mask=mask, index=jnp.int32(index))
-            out, (kc, vc) = attention.cached_attention(q, qk[:, None, :, g], qkv[:, None, :, g + 1], cache,
-                                                       decode_backend="xla")
+            out, (kc, vc) = attention.cached_attention(q, k, v, cache, decode_backend="xla")
             return out.reshape(b, kv, g, h), kc, vc
 
         def kernel(tiling, qkv, kc, vc):
-            angles = positions.astype(jnp.float32)[:, None] * jnp.asarray(inv_freq)
-            return decode_kernel.attend(qkv, kc, vc, starts, jnp.int32(index), rope=(jnp.cos(angles),
-                                        jnp.sin(angles)), qk_norm=norm, eps=eps, tiling=tiling)
+            return decode_kernel.attend(qkv, kc, vc, starts, jnp.int32(index),
+                                        rope=ops.rope_cos_sin(positions, inv_freq), qk_norm=norm, eps=eps,
+                                        tiling=tiling)
 
         variants = [("xla path (8 kernels)", xla)] + [
             (f"kernel block {blk}, {w} warps, {st} stages, {sp} splits",

@@ -138,3 +138,18 @@ def summarize(log_dir: str | Path, hlo_text: str, top: int = 30) -> dict:
         total_ms=total, span_ms=span, kernels=len(events), unmatched_ms=unmatched,
         by_scope=[dict(stage=k[0], part=k[1], direction=k[2], block=k[3], ms=v) for k, v in by_scope.most_common()],
         top_kernels=[dict(name=k, ms=v, count=counts[k]) for k, v in by_kernel.most_common(top)])
+
+
+def profile(run, log_dir: str | Path, hlo_text: str = "", top: int = 30) -> dict:
+    """Runs `run()` once under `jax.profiler.trace` into log_dir and returns summarize(...) of it; the trace is
+    deleted afterwards, whatever happens. Profiler errors propagate."""
+    import shutil
+
+    import jax
+
+    try:
+        with jax.profiler.trace(str(log_dir), create_perfetto_trace=True):
+            run()
+        return summarize(log_dir, hlo_text, top)
+    finally:
+        shutil.rmtree(log_dir, ignore_errors=True)

@@ -75,17 +75,17 @@ def _check_decode_kernel(name: str, spec: ModelSpec, *, files: bool) -> None:
     """decode_attention='pallas' on a model whose head shapes the Triton kernel cannot take: before any loading."""
     if spec.decode_attention != "pallas":
         return
+    from tipjax import models
     from tipjax.models import decode_kernel
 
-    hf = _hf_fields(spec, files=files)
-    heads = hf.get("num_attention_heads")
-    if not isinstance(heads, int):
-        return  # unknown here: the sampler checks again
-    kv_heads = hf.get("num_key_value_heads") or heads
-    head_dim = hf.get("head_dim") or hf.get("hidden_size", 0) // heads
-    _check(decode_kernel.fits(heads // kv_heads, head_dim, decode_kernel.BLOCK), f"{name}.decode_attention",
+    try:  # the loader's own reading of the fields (defaults included)
+        cfg = models.ModelConfig.from_hf_dict(_hf_fields(spec, files=files))
+    except (ValueError, KeyError, TypeError):
+        return  # unknown or malformed here: the model loader names the problem, the sampler checks again
+    groups = cfg.num_heads // cfg.num_kv_heads
+    _check(decode_kernel.fits(groups, cfg.head_dim, decode_kernel.BLOCK), f"{name}.decode_attention",
            spec.decode_attention, f"needs power-of-two query heads per kv head and head_dim >= 16; this model has "
-           f"{heads // kv_heads} and {head_dim} (use 'auto')")
+           f"{groups} and {cfg.head_dim} (use 'auto')")
 
 
 def validate(cfg: TrainConfig, *, dry_run: bool = False, prepared: bool = False) -> None:

@@ -92,8 +92,8 @@ def attend(qkv: jax.Array, k_cache: jax.Array, v_cache: jax.Array, starts: jax.A
     norm = jnp.ones((g + 1, h), qkv.dtype) if qk_norm is None else qk_norm.astype(qkv.dtype)
     args = (starts.astype(jnp.int32), jnp.reshape(index, (1,)).astype(jnp.int32), qkv, cos.astype(jnp.float32),
             sin.astype(jnp.float32), norm, k_cache, v_cache)
-    run = functools.partial(_call, groups=g, scale=h**-0.5, eps=eps, normed=qk_norm is not None,
-                            rotated=rope is not None, interpret=interpret, tiling=tiling)
+    run = functools.partial(_call, scale=h**-0.5, eps=eps, normed=qk_norm is not None, rotated=rope is not None,
+                            interpret=interpret, tiling=tiling)
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or mesh.size == 1:
         return run(*args)
@@ -107,10 +107,9 @@ def attend(qkv: jax.Array, k_cache: jax.Array, v_cache: jax.Array, starts: jax.A
                          check_vma=False)(*args)
 
 
-def _call(starts, index, qkv, cos, sin, norm, k_cache, v_cache, *, groups, scale, eps, normed, rotated, interpret,
-          tiling):
+def _call(starts, index, qkv, cos, sin, norm, k_cache, v_cache, *, scale, eps, normed, rotated, interpret, tiling):
     b, kv, e, h = qkv.shape
-    g, s, half, splits = groups, k_cache.shape[2], h // 2, tiling.splits
+    g, s, half, splits = e - 2, k_cache.shape[2], h // 2, tiling.splits
     kernel = functools.partial(_kernel, groups=g, half=half, scale=scale, eps=eps, normed=normed, rotated=rotated,
                                block=tiling.block, splits=splits)
     slab = lambda i, j, k: (i, j, 0, 0)

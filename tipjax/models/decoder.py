@@ -309,27 +309,33 @@ class Decoder(nnx.Module):
         b = h.shape[0]
         qkv = self._stacked_qkv(blk, h)
         with jax.named_scope("attention"):
-            angles = positions[:, 0].astype(jnp.float32)[:, None] * jnp.asarray(inv_freq)  # [B, H/2]
             out, k_layer, v_layer = decode_kernel.attend(
-                qkv, cache.k, cache.v, cache.starts, cache.index, rope=(jnp.cos(angles), jnp.sin(angles)),
+                qkv, cache.k, cache.v, cache.starts, cache.index, rope=ops.rope_cos_sin(positions[:, 0], inv_freq),
                 qk_norm=blk.qk_norm if cfg.qk_norm else None, eps=cfg.rms_norm_eps)
         return out.reshape(b, 1, cfg.num_heads, cfg.head_dim), (k_layer, v_layer)
 
     def _decode_qkv(self, blk: DecodeLayer, h: jax.Array, positions: jax.Array, inv_freq) -> tuple[jax.Array, ...]:
-        """q [B, T, N, H], k and v [B, T, K, H] from one stacked matmul; each kv group's G queries and its key are
-        normalised and rotated as one [.., G + 1, H] block (fewer, larger kernels in a launch-bound step)."""
+        """q [B, T, N, H], k and v [B, T, K, H] from one stacked matmul (see split_qkv)."""
         cfg = self.config
-        b, t = h.shape[:2]
-        kv, g, hd = cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads, cfg.head_dim
-        dtype = cfg.compute_dtype
-        qkv = self._stacked_qkv(blk, h)
-        with jax.named_scope("qkv"):
-            qk, v = qkv[:, :, :g + 1], qkv[:, :, g + 1]
-            if cfg.qk_norm:
-                qk = ops.rms_norm(qk, blk.qk_norm.astype(dtype), cfg.rms_norm_eps)
-        with jax.named_scope("rope"):
-            qk = ops.rope(qk.reshape(b, t, kv * (g + 1), hd), positions, inv_freq).reshape(b, t, kv, g + 1, hd)
-        return qk[:, :, :, :g].reshape(b, t, cfg.num_heads, hd), qk[:, :, :, g], v.reshape(b, t, kv, hd)
+        qk_norm = blk.qk_norm.astype(cfg.compute_dtype) if cfg.qk_norm else None
+        return split_qkv(self._stacked_qkv(blk, h), positions, inv_freq, qk_norm=qk_norm, eps=cfg.rms_norm_eps)
+
+
+def split_qkv(qkv: jax.Array, positions: jax.Array, inv_freq, *, qk_norm: jax.Array | None, eps: float):
+    """The xla decode path's q/k norm and rope on the stacked q/k/v output [M = B * T, K, G + 2, H] for
+    positions [B, T] -> q [B, T, N, H], k and v [B, T, K, H]. Each kv group's G queries and its key are
+    normalised (qk_norm [G + 1, H], DecodeLayer's) and rotated as one [.., G + 1, H] block: fewer, larger kernels
+    in a launch-bound step. decode_kernel.attend does the same in its one launch."""
+    b, t = positions.shape
+    kv, e, hd = qkv.shape[1:]
+    g = e - 2
+    with jax.named_scope("qkv"):
+        qk, v = qkv[:, :, :g + 1], qkv[:, :, g + 1]
+        if qk_norm is not None:
+            qk = ops.rms_norm(qk, qk_norm, eps)
+    with jax.named_scope("rope"):
+        qk = ops.rope(qk.reshape(b, t, kv * (g + 1), hd), positions, inv_freq).reshape(b, t, kv, g + 1, hd)
+    return qk[:, :, :, :g].reshape(b, t, kv * g, hd), qk[:, :, :, g], v.reshape(b, t, kv, hd)
 
 
 def _random_arrays(cfg: ModelConfig, rng: jax.Array) -> dict[str, jax.Array]:

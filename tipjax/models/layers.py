@@ -39,11 +39,15 @@ def rope_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None) -
     return inv_freq.astype(np.float32)
 
 
+def rope_cos_sin(positions: jax.Array, inv_freq: np.ndarray) -> tuple[jax.Array, jax.Array]:
+    """positions [...] -> (cos, sin) [..., H/2] fp32 of the rotation angles."""
+    angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)
+    return jnp.cos(angles), jnp.sin(angles)
+
+
 def rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.Array:
     """Rotates x [B, T, N, H] by positions [B, T] (half-split layout, as HF `rotate_half`); dtype of x."""
-    angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)  # [B, T, H/2]
-    cos = jnp.cos(angles)[:, :, None, :]
-    sin = jnp.sin(angles)[:, :, None, :]
+    cos, sin = (c[:, :, None, :] for c in rope_cos_sin(positions, inv_freq))  # [B, T, 1, H/2]
     x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
     out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
     return out.astype(x.dtype)
@@ -97,12 +101,18 @@ def _logits_fwd(h, w):
     return _logits(h, w), (h, w)
 
 
-def _logits_bwd(res, g):
-    h, w = res
+def logits_grads(h: jax.Array, w: jax.Array, g: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The gradients of logits(h, w) for the cotangent g [..., V]: (dh [..., D], dw [D, V]), both fp32-accumulated
+    from matmuls in h's dtype. For the fused loss, which sums dw over chunks itself."""
     g = g.astype(h.dtype)
     dh = jnp.einsum("...V,DV->...D", g, w.astype(h.dtype), preferred_element_type=jnp.float32)
     h2, g2 = h.reshape(-1, h.shape[-1]), g.reshape(-1, g.shape[-1])  # one contracting dim (see flat_tokens)
-    dw = jnp.einsum("MD,MV->DV", h2, g2, preferred_element_type=jnp.float32)
+    return dh, jnp.einsum("MD,MV->DV", h2, g2, preferred_element_type=jnp.float32)
+
+
+def _logits_bwd(res, g):
+    h, w = res
+    dh, dw = logits_grads(h, w, g)
     return dh.astype(h.dtype), dw.astype(w.dtype)
 
 

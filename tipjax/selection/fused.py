@@ -13,6 +13,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from tipjax.models import layers
 from tipjax.selection import chunks, losses, stats
 
 
@@ -20,7 +21,6 @@ def _scan(
     student_hidden, student_head, teacher_hidden, teacher_head, scale, tokens, divergence, beta, chunk_size, with_stats, grads
 ):
     """Returns (total, per-position stats) and, if grads, (dh [N, Ds], dW [Ds, V] fp32)."""
-    dtype = student_hidden.dtype  # chunks.project's: the matmuls run in the compute dtype, fp32-accumulated
 
     def step(carry, chunk):
         hs, ht, w, tok = chunk
@@ -38,10 +38,8 @@ def _scan(
             return carry + weighted(logits_s), out
         total, dw = carry
         value, g = jax.value_and_grad(weighted)(logits_s)
-        g = g.astype(dtype)
-        out["dh"] = jnp.einsum("CV,DV->CD", g, student_head.astype(dtype), preferred_element_type=jnp.float32)
-        dw = dw + jnp.einsum("CD,CV->DV", hs.astype(dtype), g, preferred_element_type=jnp.float32)
-        return (total + value, dw), out
+        out["dh"], dw_chunk = layers.logits_grads(hs, student_head, g)  # chunks.project's backward, fp32 dw
+        return (total + value, dw + dw_chunk), out
 
     init = jnp.float32(0)
     if grads:
