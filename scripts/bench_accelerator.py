@@ -48,7 +48,7 @@ def _presets(smoke: bool):
     student, teacher = models.PRESETS["Qwen3-0.6B"], models.PRESETS["Qwen3-1.7B"]
     if smoke:
         small = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
-                     num_kv_heads=2, head_dim=16)
+                     num_kv_heads=2, head_dim=32)
         student, teacher = student.replace(**small), teacher.replace(**{**small, "hidden_size": 96, "num_layers": 3})
     return student, teacher
 

@@ -19,9 +19,10 @@ import functools
 import json
 import time
 
-# (block, num_warps, num_stages, splits): the default, wider blocks and more warps, deeper pipelining, and
-# flash-decoding splits (more programs when batch x kv heads is small).
-TILINGS = ((32, 4, 2, 1), (64, 4, 2, 1), (64, 8, 2, 1), (128, 8, 2, 1), (32, 4, 3, 1), (32, 4, 2, 4), (64, 4, 2, 8))
+# (block, num_warps, num_stages, splits; 0: auto_splits): the default, wider blocks, deeper pipelining, more
+# warps, and fixed flash-decoding splits (auto is 1 at batch 64, 4 at batch 8).
+TILINGS = ((32, 4, 2, 0), (64, 4, 2, 0), (64, 4, 3, 0), (128, 4, 2, 0), (64, 8, 3, 0), (32, 4, 2, 1), (64, 4, 2, 1),
+           (64, 4, 2, 8))
 
 
 def run(smoke: bool) -> dict:
@@ -31,7 +32,7 @@ def run(smoke: bool) -> dict:
     from tipjax.models import layers as ops
     from tipjax.models.cache import LayerCache
 
-    kv, g, h = (2, 2, 16) if smoke else (8, 2, 128)
+    kv, g, h = (2, 2, 32) if smoke else (8, 2, 128)
     s, index = (128, 100) if smoke else (1280, 1024)
     calls = 8 if smoke else 28 * 64
     eps, inv_freq = 1e-6, ops.rope_frequencies(h, 1e6, None)
@@ -57,7 +58,7 @@ def run(smoke: bool) -> dict:
                                         tiling=tiling)
 
         variants = [("xla path (8 kernels)", xla)] + [
-            (f"kernel block {blk}, {w} warps, {st} stages, {sp} splits",
+            (f"kernel block {blk}, {w} warps, {st} stages, {sp or 'auto'} splits",
              functools.partial(kernel, decode_kernel.Tiling(blk, w, st, sp)))
             for blk, w, st, sp in (TILINGS[::5] if smoke else TILINGS)]
         want = None

@@ -37,7 +37,7 @@ def test_to_cache_clips_instead_of_overflowing(name):
 def test_decode_attention_over_a_float8_cache_equals_reference(name, decode_backend):
     """One new token per row over a left-padded float8 cache: the new key/value is clipped and rounded into the
     cache, and attention reads the rounded cache (the new slot included), in the query's dtype."""
-    b, kv, s, h = 3, 2, 128, 16
+    b, kv, s, h = 3, 2, 128, 32
     keys = jax.random.split(jax.random.key(1), 5)
     q = jax.random.normal(keys[0], (b, 1, 4, h))
     k_new, v_new = (jax.random.normal(x, (b, 1, kv, h)) for x in keys[1:3])

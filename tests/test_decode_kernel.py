@@ -12,7 +12,7 @@ from test_decode_paths import reference_decode
 
 from tipjax.models import decode_kernel
 
-B, KV, S, H = 4, 2, 96, 16  # three blocks of 32 slots
+B, KV, S, H = 4, 2, 96, 32  # three blocks of 32 slots
 EPS = 1e-6
 
 
@@ -170,3 +170,13 @@ def test_under_a_mesh_each_device_runs_its_rows_and_heads():
         got = fn(*args, starts, index, rope=rope, qk_norm=norm)
     for g, w in zip(got, want):
         np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=1e-6, rtol=1e-6)
+
+
+def test_auto_splits_fill_the_gpu_without_splitting_past_the_cache():
+    for programs, blocks in [(512, 40), (64, 40), (8, 40), (64, 2), (1, 1), (300, 40)]:
+        splits = decode_kernel.auto_splits(programs, blocks)
+        assert splits & (splits - 1) == 0 and 1 <= splits <= min(8, max(blocks, 1))
+        # never more than needed, and fewer only where the cap or the cache stops it
+        assert splits == 1 or programs * splits // 2 < decode_kernel.PROGRAMS
+        assert programs * splits >= decode_kernel.PROGRAMS or splits == 8 or 2 * splits > blocks
+    assert decode_kernel.auto_splits(64 * 8, 40) == 1 and decode_kernel.auto_splits(8 * 8, 40) == 4

@@ -40,7 +40,7 @@ def reference_decode(q, k, v, starts, ends):
 
 def test_cached_attention_pallas_equals_xla():
     """One new token per row over a left-padded cache: the kernel (starts) and the masked xla path agree."""
-    b, kv, s, h = 3, 2, 128, 16
+    b, kv, s, h = 3, 2, 128, 32
     keys = jax.random.split(jax.random.key(1), 5)
     q = jax.random.normal(keys[0], (b, 1, 4, h))
     k_new, v_new = (jax.random.normal(x, (b, 1, kv, h)) for x in keys[1:3])
@@ -85,7 +85,7 @@ def test_resolve_decode_backend_errors():
 
 
 _HF = {"architectures": ["Qwen3ForCausalLM"], "vocab_size": 96, "hidden_size": 32, "intermediate_size": 64,
-       "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
+       "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 32,
        "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "tie_word_embeddings": True}
 
 

@@ -19,9 +19,9 @@ FAMILIES = {
 
 def tiny_hf(tmp_path, family, vocab=211, seed=0, sharpen=20.0, **extra):
     config_cls, model_cls, defaults = FAMILIES[family]
-    config = config_cls(vocab_size=vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                        tie_word_embeddings=False, **{**defaults, **extra})
+    config = config_cls(**{**dict(vocab_size=vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                                  tie_word_embeddings=False), **defaults, **extra})
     torch.manual_seed(seed)
     hf = model_cls(config).eval()
     # Sharper logits than the default init so greedy decoding has clear winners.
@@ -49,8 +49,9 @@ PROMPTS = [[5, 17, 33, 2, 90, 41, 7], [12, 8], [100, 3, 66, 66, 21], [9]]
     ("llama", None, "auto"), ("qwen2", None, "auto"), ("qwen3", None, "auto"), ("qwen3", 5, "auto"),
     ("qwen3", None, "pallas"), ("qwen2", None, "pallas")])  # the Pallas decode kernel (interpret mode)
 def test_greedy_matches_transformers(tmp_path, family, segments, decode):
-    # The kernel takes power-of-two head dims: Qwen3's tiny default of 24 becomes 16 there.
-    hf, path = tiny_hf(tmp_path, family, **({"head_dim": 16} if decode == "pallas" and family == "qwen3" else {}))
+    # The kernel takes power-of-two head dims >= 32: Qwen3's tiny 24 becomes 32 there, Qwen2's 64 / 4 = 16 too.
+    wider = {"qwen3": {"head_dim": 32}, "qwen2": {"hidden_size": 128}}
+    hf, path = tiny_hf(tmp_path, family, **(wider[family] if decode == "pallas" else {}))
     model = models.load_hf(path, dtype=jnp.float32, decode_attention=decode)
     ids, mask = left_padded(PROMPTS)
     eos, new = 7, 24
@@ -212,7 +213,7 @@ def test_bucketed_compiles_are_bounded(tmp_path):
 
 @pytest.mark.parametrize("decode", ["auto", "pallas"])  # pallas: the kernel under shard_map (the mesh context)
 def test_sharded_mesh_equals_single_device(tmp_path, decode):
-    _, path = tiny_hf(tmp_path, "qwen3", vocab=128, head_dim=16)  # PROMPTS hold ids up to 100
+    _, path = tiny_hf(tmp_path, "qwen3", vocab=128, head_dim=32)  # PROMPTS hold ids up to 100
     single = models.load_hf(path, dtype=jnp.float32)
     mesh = models.make_mesh(data=2, fsdp=2, tensor=2)
     sharded = models.load_hf(path, dtype=jnp.float32, mesh=mesh, rules=models.SAMPLING_RULES,

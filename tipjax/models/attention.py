@@ -154,7 +154,7 @@ def resolve_decode_backend(requested: str, platform: str, *, t: int, s: int, hea
     """The backend of a cache read: "xla" or "pallas". Pure, so every case is testable on CPU.
 
     "pallas" needs a one-token read (t == 1) of a cache whose rows are contiguous (LayerCache.starts given),
-    whose length is a multiple of DECODE_BLOCK, with a power-of-two head_dim >= 16 and query heads per kv head
+    whose length is a multiple of DECODE_BLOCK, with a power-of-two head_dim >= 32 and query heads per kv head
     (Triton tensor shapes); requested where it cannot run, it is an error. "auto" is xla (see the module
     docstring).
     """
@@ -167,7 +167,7 @@ def resolve_decode_backend(requested: str, platform: str, *, t: int, s: int, hea
     if requested == "pallas":
         if not fits:
             raise ValueError(f"decode_attention='pallas' needs one query per row, contiguous rows (starts), a cache "
-                             f"length that is a multiple of {DECODE_BLOCK} and power-of-two head_dim >= 16 and "
+                             f"length that is a multiple of {DECODE_BLOCK} and power-of-two head_dim >= 32 and "
                              f"query heads per kv head; got t={t}, contiguous={contiguous}, s={s}, "
                              f"head_dim={head_dim}, groups={groups}")
         return "pallas"

@@ -10,9 +10,11 @@ filled cache slots.
 Grid (batch, kv head): a program loads its kv group's G queries, key and value [G + 2, H] from the stacked
 q/k/v output, normalises (Qwen3's q_norm / k_norm) and rotates (half-split rope, as `layers.rope`) the
 queries and the key with the xla path's bf16 rounding points, writes the key and value at slot `index`, and
-streams the slots [start, index) of its kv head in blocks of BLOCK with an online softmax in fp32 on CUDA
-cores (G is 1-8 queries: too few rows for tensor-core dots, and the step is bound by memory anyway). Heads are
-handled as two halves [.., H/2] throughout, so the rotation needs no shuffle of a register tensor. The new key
+streams the slots [start, index) of its kv head in blocks of BLOCK with an online softmax in fp32 and
+tensor-core dots, the G queries padded to 16 rows. (The first version multiplied and summed on CUDA cores,
+as G is only 1-8 rows: on an H200 it ran 2-5x slower than the xla path, Triton's reductions over 3-D register
+tiles being the cost.) Heads are handled as two halves [.., H/2] throughout, so the rotation needs no shuffle
+of a register tensor. The new key
 and value enter from registers: a program never reads the slot it writes. The cache may be stored in any cache
 dtype (float8 too).
 
@@ -35,7 +37,8 @@ from jax.sharding import PartitionSpec as P
 from tipjax.models import sharding
 from tipjax.models.cache import to_cache
 
-BLOCK = 32  # cache slots per loop iteration: a [G, BLOCK, H / 2] fp32 product stays in registers for G <= 4
+BLOCK = 32  # cache slots per loop iteration (the default; caches are rounded to a multiple of it)
+ROWS = 16   # a tensor-core dot's fewest rows: the G queries of a kv head are padded to it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,13 +51,27 @@ class Tiling:
     block: int = BLOCK
     num_warps: int = 4
     num_stages: int = 2
-    splits: int = 1  # programs per row and kv head, each over a share of the filled slots, combined after
+    splits: int = 0  # programs per row and kv head, each over a share of the filled slots, combined after;
+                     # 0: auto_splits
+
+
+PROGRAMS = 256  # enough programs to keep an H100/H200's 132 SMs busy (two each, near enough)
+
+
+def auto_splits(programs: int, blocks: int) -> int:
+    """Splits per row and kv head: doubled (to 8 at most, and no more than the cache has blocks) until
+    batch x kv heads x splits reaches PROGRAMS. Batch 64 x 8 kv heads: 1; batch 8: 4."""
+    splits = 1
+    while programs * splits < PROGRAMS and splits < 8 and 2 * splits <= blocks:
+        splits *= 2
+    return splits
 
 
 def fits(groups: int, head_dim: int, slots: int) -> bool:
-    """Whether the kernel takes these shapes: Triton tensors have power-of-two sizes."""
+    """Whether the kernel takes these shapes: Triton tensors have power-of-two sizes, and its dots contract over
+    half a head (>= 16)."""
     pow2 = lambda n: n >= 1 and n & (n - 1) == 0
-    return pow2(groups) and pow2(head_dim) and head_dim >= 16 and slots % BLOCK == 0
+    return pow2(groups) and pow2(head_dim) and head_dim >= 32 and slots % BLOCK == 0
 
 
 def attend(qkv: jax.Array, k_cache: jax.Array, v_cache: jax.Array, starts: jax.Array, index: jax.Array, *,
@@ -82,7 +99,7 @@ def attend(qkv: jax.Array, k_cache: jax.Array, v_cache: jax.Array, starts: jax.A
     g, s = e - 2, k_cache.shape[2]
     tiling = tiling or Tiling()
     if not fits(g, h, s) or s % tiling.block:
-        raise ValueError(f"the Pallas decode kernel needs power-of-two groups and head_dim >= 16 and slots a "
+        raise ValueError(f"the Pallas decode kernel needs power-of-two groups and head_dim >= 32 and slots a "
                          f"multiple of {max(BLOCK, tiling.block)}; got G={g}, H={h}, S={s}")
     if interpret is None:
         interpret = jax.default_backend() != "gpu"
@@ -109,7 +126,8 @@ def attend(qkv: jax.Array, k_cache: jax.Array, v_cache: jax.Array, starts: jax.A
 
 def _call(starts, index, qkv, cos, sin, norm, k_cache, v_cache, *, scale, eps, normed, rotated, interpret, tiling):
     b, kv, e, h = qkv.shape
-    g, s, half, splits = e - 2, k_cache.shape[2], h // 2, tiling.splits
+    g, s, half = e - 2, k_cache.shape[2], h // 2
+    splits = tiling.splits or auto_splits(b * kv, s // tiling.block)  # shapes here are per device on a mesh
     kernel = functools.partial(_kernel, groups=g, half=half, scale=scale, eps=eps, normed=normed, rotated=rotated,
                                block=tiling.block, splits=splits)
     slab = lambda i, j, k: (i, j, 0, 0)
@@ -186,30 +204,40 @@ def _kernel(starts_ref, index_ref, qkv_ref, cos_ref, sin_ref, norm_ref, k_ref, v
         ko_ref[pl.ds(index, 1), hi] = k2
         vo_ref[pl.ds(index, 1), :] = v_new
 
+    # Tensor-core dots want >= 16 rows: the G queries become rows of an [M, H/2] tile, the rest zeros. The
+    # padded rows' scores are 0 (finite) and their outputs are dropped at the end.
+    rows = max(ROWS, g)
+    widen = lambda x: _select_rows(x, jnp.arange(rows)[:, None] == jnp.arange(g)[None, :])     # [G, ..] -> [M, ..]
+    narrow = lambda x: _select_rows(x, jnp.arange(g)[:, None] == jnp.arange(rows)[None, :])    # [M, ..] -> [G, ..]
+    qm1, qm2 = widen(q1).astype(dtype), widen(q2).astype(dtype)  # exact: q was rounded to dtype above
+
     # The new slot first (always visible) in split 0, so its running max is finite and its normaliser >= 1;
     # other splits start empty (max -inf, normaliser 0).
     s_new = jnp.sum(q1 * k1.astype(f32), -1) + jnp.sum(q2 * k2.astype(f32), -1)    # [G]
     own = first.astype(f32)  # 1.0 in split 0, else 0.0 (arithmetic: Triton selects want equal shapes)
-    m = s_new + jnp.log(own)  # -inf outside split 0
-    norm = jnp.zeros_like(s_new) + own
-    acc = jnp.broadcast_to(v_new.astype(f32), (g, 2 * half)) * own
+    m = widen(s_new) + jnp.log(own)  # [M], -inf outside split 0
+    norm = jnp.zeros((rows,), f32) + own
+    acc = jnp.broadcast_to(v_new.astype(f32), (rows, 2 * half)) * own
+    precision = jax.lax.Precision.HIGHEST if dtype == jnp.float32 else None  # fp32 models: no TF32
+    dot = lambda a, b, b_dim: jax.lax.dot_general(a, b, (((1,), (b_dim,)), ((), ())), precision=precision,
+                                                  preferred_element_type=f32)
 
     def step(j, carry):
         m, norm, acc = carry
         at = pl.multiple_of(j * block, block)
-        rows = pl.ds(at, block)
-        keys1, keys2 = k_ref[rows, lo].astype(f32), k_ref[rows, hi].astype(f32)  # [BLOCK, H/2]
-        values = v_ref[rows, :].astype(f32)                                      # [BLOCK, H]
-        slots = at + jnp.arange(block)
-        seen = (slots >= start) & (slots < index)                                # the new slot is counted above
-        scores = (jnp.sum(q1[:, None, :] * keys1[None, :, :], -1)
-                  + jnp.sum(q2[:, None, :] * keys2[None, :, :], -1))             # [G, BLOCK]
-        scores = jnp.where(seen[None, :], scores, -jnp.inf)
+        slots = pl.ds(at, block)
+        keys1, keys2 = k_ref[slots, lo].astype(dtype), k_ref[slots, hi].astype(dtype)  # [BLOCK, H/2]
+        values = v_ref[slots, :].astype(dtype)                                         # [BLOCK, H]
+        at_slot = at + jnp.arange(block)
+        seen = (at_slot >= start) & (at_slot < index)                                  # the new slot: above
+        scores = dot(qm1, keys1, 1) + dot(qm2, keys2, 1)                          # [M, BLOCK] fp32
+        scores = jnp.where(jnp.broadcast_to(seen[None, :], scores.shape), scores, -jnp.inf)
         m_next = jnp.maximum(m, jnp.max(scores, -1))
         shift = jnp.where(m_next == -jnp.inf, 0.0, m_next)  # a split that has seen nothing yet: no inf - inf
         p = jnp.exp(scores - shift[:, None])
         fade = jnp.exp(m - shift)
-        acc = acc * fade[:, None] + jnp.sum(p[:, :, None] * values[None, :, :], axis=1)
+        # probabilities in the compute dtype for the value dot, as the xla path rounds its softmax
+        acc = acc * fade[:, None] + dot(p.astype(dtype), values, 0)
         return m_next, norm * fade + jnp.sum(p, -1), acc
 
     lo_block, hi_block = start // block, (index + block - 1) // block
@@ -217,6 +245,15 @@ def _kernel(starts_ref, index_ref, qkv_ref, cos_ref, sin_ref, norm_ref, k_ref, v
     mine = lo_block + pl.program_id(2) * share
     m, norm, acc = jax.lax.fori_loop(mine, jnp.minimum(mine + share, hi_block), step, (m, norm, acc))
     if splits == 1:
-        out_refs[0][...] = (acc / norm[:, None]).astype(out_refs[0].dtype)
+        out_refs[0][...] = narrow(acc / norm[:, None]).astype(out_refs[0].dtype)
     else:
-        out_refs[0][...], out_refs[1][...], out_refs[2][...] = acc, m, norm
+        out_refs[0][...], out_refs[1][...], out_refs[2][...] = narrow(acc), narrow(m), narrow(norm)
+
+
+def _select_rows(x, pick):
+    """pick [R, N] one-hot bool, x [N] or [N, C] -> [R] or [R, C]: rows of a register tile by a select and a
+    sum over N (Triton has no gather of register rows). A select, not a product: x may hold -inf."""
+    x = x[None] if x.ndim == 1 else x[None, :, :]
+    pick = pick if x.ndim == 2 else pick[:, :, None]
+    shape = pick.shape[:2] + x.shape[2:]
+    return jnp.sum(jnp.where(jnp.broadcast_to(pick, shape), jnp.broadcast_to(x, shape), 0.0), axis=1)
