@@ -57,7 +57,11 @@ def test_cached_attention_pallas_equals_xla():
 
 
 @pytest.mark.parametrize("requested, platform, kw, expected", [
-    ("auto", "cuda", dict(t=1, s=640, head_dim=128, contiguous=True), "xla"),  # measured slower: opt-in
+    ("auto", "cuda", dict(t=1, s=640, head_dim=128, contiguous=True, groups=2), "pallas"),  # measured faster
+    ("auto", "cuda", dict(t=1, s=640, head_dim=128, contiguous=True, cache_bytes=1), "xla"),  # float8: slower
+    ("auto", "cuda", dict(t=1, s=640, head_dim=128, contiguous=True, cache_bytes=4), "xla"),  # fp32: not measured
+    ("auto", "cuda", dict(t=1, s=640, head_dim=128, contiguous=True, groups=3), "xla"),  # not a power of two
+    ("auto", "rocm", dict(t=1, s=640, head_dim=128, contiguous=True), "xla"),     # not measured
     ("auto", "cpu", dict(t=1, s=640, head_dim=128, contiguous=True), "xla"),
     ("auto", "tpu", dict(t=1, s=640, head_dim=128, contiguous=True), "xla"),
     ("auto", "cuda", dict(t=2, s=640, head_dim=128, contiguous=True), "xla"),     # chunked prefill
@@ -109,6 +113,28 @@ def test_sampler_paths_agree(arch):
         np.testing.assert_array_equal(outs[name].response_mask, ref.response_mask, err_msg=name)
         np.testing.assert_array_equal(outs[name].lengths, ref.lengths, err_msg=name)
         np.testing.assert_allclose(outs[name].logprobs, ref.logprobs, atol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("cache_dtype", [None, "float8_e4m3fn"])
+def test_auto_takes_the_kernel_on_cuda_for_16_bit_caches(monkeypatch, cache_dtype):
+    """"auto" on CUDA (the platform faked; the kernel runs in interpret mode here): the sampler decodes through
+    the kernel, in one segment, and draws what xla draws; over a float8 cache it stays on xla."""
+    cfg = models.ModelConfig.from_hf_dict(_HF).replace(compute_dtype="bfloat16", attention="xla")  # no cuDNN here
+    prompt = jnp.asarray(np.random.default_rng(1).integers(3, 96, (2, 9)), jnp.int32)
+    mask = jnp.asarray(np.arange(9)[None] >= np.array([0, 4])[:, None], jnp.int32)
+    kw = dict(max_new_tokens=6, temperature=1.0, eos_token_id=5, rng=jax.random.key(4), cache_dtype=cache_dtype)
+    xla = sampling.generate(models.init(cfg.replace(decode_attention="xla"), jax.random.key(2)), prompt, mask, **kw)
+    model = models.init(cfg, jax.random.key(2))
+    monkeypatch.setattr(attention, "current_platform", lambda: "cuda")
+    jax.clear_caches()  # the sampler's compiled program for this shape must be traced again, on "cuda"
+    try:
+        text = str(jax.make_jaxpr(lambda p, m: sampling.generate(model, p, m, **kw).tokens)(prompt, mask))
+        got = sampling.generate(model, prompt, mask, **kw)
+    finally:
+        jax.clear_caches()
+    assert ("tipjax_decode_attention" in text) == (cache_dtype is None)
+    np.testing.assert_array_equal(got.tokens, xla.tokens)
+    np.testing.assert_allclose(got.logprobs, xla.logprobs, atol=2e-2)  # bf16 rounding of the two paths
 
 
 @pytest.mark.parametrize("decode", ["xla", "pallas"])

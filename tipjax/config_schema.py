@@ -30,7 +30,7 @@ class ModelSpec:
     remat: str = "none"              # per-layer rematerialisation: none | full | dots
     attention: str = "auto"          # auto (GPU cudnn, TPU splash, where they fit) | xla | cudnn | xla_sdpa | splash
     query_chunk: int = 1024          # longer query blocks are attended this many rows at a time
-    decode_attention: str = "auto"   # one-token decode: auto (= xla) | xla | pallas (Triton kernel, opt-in)
+    decode_attention: str = "auto"   # one-token decode: auto (kernel on CUDA where it fits) | xla | pallas
 
 
 @dataclasses.dataclass(frozen=True)
