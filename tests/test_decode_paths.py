@@ -62,6 +62,7 @@ def test_cached_attention_pallas_equals_xla():
     ("auto", "cuda", dict(t=1, s=640, head_dim=128, contiguous=True, cache_bytes=4), "xla"),  # fp32: not measured
     ("auto", "cuda", dict(t=1, s=640, head_dim=128, contiguous=True, groups=3), "xla"),  # not a power of two
     ("auto", "rocm", dict(t=1, s=640, head_dim=128, contiguous=True), "xla"),     # not measured
+    ("auto", "cuda", dict(t=1, s=640, head_dim=128, contiguous=True, per_device=False), "xla"),  # would gather
     ("auto", "cpu", dict(t=1, s=640, head_dim=128, contiguous=True), "xla"),
     ("auto", "tpu", dict(t=1, s=640, head_dim=128, contiguous=True), "xla"),
     ("auto", "cuda", dict(t=2, s=640, head_dim=128, contiguous=True), "xla"),     # chunked prefill
@@ -118,7 +119,8 @@ def test_sampler_paths_agree(arch):
 @pytest.mark.parametrize("cache_dtype", [None, "float8_e4m3fn"])
 def test_auto_takes_the_kernel_on_cuda_for_16_bit_caches(monkeypatch, cache_dtype):
     """"auto" on CUDA (the platform faked; the kernel runs in interpret mode here): the sampler decodes through
-    the kernel, in one segment, and draws what xla draws; over a float8 cache it stays on xla."""
+    the kernel, in one segment, and draws what xla draws; over a float8 cache it stays on xla. This process has
+    8 CPU devices, so the kernel needs a mesh context (one device here) to run per device."""
     cfg = models.ModelConfig.from_hf_dict(_HF).replace(compute_dtype="bfloat16", attention="xla")  # no cuDNN here
     prompt = jnp.asarray(np.random.default_rng(1).integers(3, 96, (2, 9)), jnp.int32)
     mask = jnp.asarray(np.arange(9)[None] >= np.array([0, 4])[:, None], jnp.int32)
@@ -128,10 +130,13 @@ def test_auto_takes_the_kernel_on_cuda_for_16_bit_caches(monkeypatch, cache_dtyp
     monkeypatch.setattr(attention, "current_platform", lambda: "cuda")
     jax.clear_caches()  # the sampler's compiled program for this shape must be traced again, on "cuda"
     try:
-        text = str(jax.make_jaxpr(lambda p, m: sampling.generate(model, p, m, **kw).tokens)(prompt, mask))
-        got = sampling.generate(model, prompt, mask, **kw)
+        unmeshed = str(jax.make_jaxpr(lambda p, m: sampling.generate(model, p, m, **kw).tokens)(prompt, mask))
+        with jax.set_mesh(models.make_mesh(data=1, fsdp=1, tensor=1)):
+            text = str(jax.make_jaxpr(lambda p, m: sampling.generate(model, p, m, **kw).tokens)(prompt, mask))
+            got = sampling.generate(model, prompt, mask, **kw)
     finally:
         jax.clear_caches()
+    assert "tipjax_decode_attention" not in unmeshed  # 8 devices and no mesh context: XLA would gather for it
     assert ("tipjax_decode_attention" in text) == (cache_dtype is None)
     np.testing.assert_array_equal(got.tokens, xla.tokens)
     np.testing.assert_allclose(got.logprobs, xla.logprobs, atol=2e-2)  # bf16 rounding of the two paths

@@ -22,7 +22,8 @@ Decode (ModelConfig.decode_attention): one new query per row against the cache.
               the new key/value into the cache and attends, each row reading only its filled slots
               [start, index]; off GPU it runs in Pallas interpret mode (tests).
   "auto"      the kernel on CUDA GPUs where it fits (one-token reads of a whole-block cache with contiguous
-              rows, power-of-two heads per kv head and head_dim >= 32) and the cache is 16-bit, else xla. On
+              rows, power-of-two heads per kv head and head_dim >= 32), the cache is 16-bit, and there is one
+              device or a mesh context (kernel_runs_per_device), else xla. On
               an H200 it took Qwen3-0.6B decode from 2.44 to 1.97 ms per step at batch 64 (1.26 to 1.12 at
               batch 8) and the OPD step from 4.80 to 4.30 s; over a float8 cache it was slower than xla
               (rollout 3.41 vs 2.66 s), and ROCm is not measured (docs/performance.md, "Accelerator").
@@ -152,14 +153,14 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: AttentionMask, *, 
 
 
 def resolve_decode_backend(requested: str, platform: str, *, t: int, s: int, head_dim: int,
-                           contiguous: bool, groups: int = 1, cache_bytes: int = 2) -> str:
+                           contiguous: bool, groups: int = 1, cache_bytes: int = 2, per_device: bool = True) -> str:
     """The backend of a cache read: "xla" or "pallas". Pure, so every case is testable on CPU.
 
     "pallas" needs a one-token read (t == 1) of a cache whose rows are contiguous (LayerCache.starts given),
     whose length is a multiple of DECODE_BLOCK, with a power-of-two head_dim >= 32 and query heads per kv head
     (Triton tensor shapes); requested where it cannot run, it is an error. "auto" takes it on CUDA where it
-    fits and the cache's elements are `cache_bytes` = 2 bytes (bf16/fp16: where it was measured faster), else
-    xla (see the module docstring).
+    fits, the cache's elements are `cache_bytes` = 2 bytes (bf16/fp16: where it was measured faster) and the
+    kernel can run `per_device` (kernel_runs_per_device), else xla (see the module docstring).
     """
     if requested not in DECODE_ATTENTION_BACKENDS:
         raise ValueError(f"decode attention backend {requested!r} is not one of {DECODE_ATTENTION_BACKENDS}")
@@ -174,7 +175,15 @@ def resolve_decode_backend(requested: str, platform: str, *, t: int, s: int, hea
                              f"query heads per kv head; got t={t}, contiguous={contiguous}, s={s}, "
                              f"head_dim={head_dim}, groups={groups}")
         return "pallas"
-    return "pallas" if requested == "auto" and platform == "cuda" and fits and cache_bytes == 2 else "xla"
+    auto = platform == "cuda" and fits and cache_bytes == 2 and per_device
+    return "pallas" if requested == "auto" and auto else "xla"
+
+
+def kernel_runs_per_device() -> bool:
+    """Whether a Triton call traced here runs on each device's own shard: one device, or a mesh context
+    (jax.set_mesh, as the trainer sets) for decode_kernel's shard_map. Without one, XLA would gather operands
+    split over several devices for the call, so "auto" stays on xla there."""
+    return jax.device_count() == 1 or not jax.sharding.get_abstract_mesh().empty
 
 
 def decode_cache_slots(total: int, decode_backend: str) -> int:
@@ -199,7 +208,7 @@ def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, cache: LayerCache
     if not cache.fresh:
         impl = resolve_decode_backend(decode_backend, current_platform(), t=t, s=cache.k.shape[2], head_dim=h,
                                       contiguous=cache.starts is not None, groups=n // kv_heads,
-                                      cache_bytes=cache.k.dtype.itemsize)
+                                      cache_bytes=cache.k.dtype.itemsize, per_device=kernel_runs_per_device())
         if impl == "pallas":  # writes the cache and attends in one kernel (q and k already normed and rotated)
             qkv = jnp.concatenate([q[:, 0].reshape(b, kv_heads, n // kv_heads, h), k[:, 0, :, None],
                                    v[:, 0, :, None]], axis=2)
