@@ -62,7 +62,7 @@ def test_cached_attention_pallas_equals_xla():
     ("auto", "cuda", dict(t=1, s=640, head_dim=128, contiguous=True, cache_bytes=4), "xla"),  # fp32: not measured
     ("auto", "cuda", dict(t=1, s=640, head_dim=128, contiguous=True, groups=3), "xla"),  # not a power of two
     ("auto", "rocm", dict(t=1, s=640, head_dim=128, contiguous=True), "xla"),     # not measured
-    ("auto", "cuda", dict(t=1, s=640, head_dim=128, contiguous=True, per_device=False), "xla"),  # would gather
+    ("auto", "cuda", dict(t=1, s=640, head_dim=128, contiguous=True, here=False), "xla"),  # Ampere, or would gather
     ("auto", "cpu", dict(t=1, s=640, head_dim=128, contiguous=True), "xla"),
     ("auto", "tpu", dict(t=1, s=640, head_dim=128, contiguous=True), "xla"),
     ("auto", "cuda", dict(t=2, s=640, head_dim=128, contiguous=True), "xla"),     # chunked prefill

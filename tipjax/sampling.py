@@ -186,7 +186,7 @@ def _decode_loop(model, state: SamplerState, settings: DecodeSettings) -> Sample
                                               head_dim=cfg.head_dim, contiguous=True,
                                               groups=cfg.num_heads // cfg.num_kv_heads,
                                               cache_bytes=state.cache.k[0].dtype.itemsize,
-                                              per_device=attention.kernel_runs_per_device())
+                                              here=attention.decode_kernel_suits_here())
     segments = 1 if kernel == "pallas" and settings.segments is None else settings.segments
     layers = model.decode_layers()  # sliced and stacked once here, not per layer and token inside the loop
     for end in sorted({loop_length(e, k) for e in segment_ends(steps, segments)}):

@@ -21,9 +21,9 @@ Decode (ModelConfig.decode_attention): one new query per row against the cache.
   "pallas"    tipjax's Pallas kernel (decode_kernel.py, Triton on GPUs): one launch per layer and step writes
               the new key/value into the cache and attends, each row reading only its filled slots
               [start, index]; off GPU it runs in Pallas interpret mode (tests).
-  "auto"      the kernel on CUDA GPUs where it fits (one-token reads of a whole-block cache with contiguous
+  "auto"      the kernel on Hopper GPUs where it fits (one-token reads of a whole-block cache with contiguous
               rows, power-of-two heads per kv head and head_dim >= 32), the cache is 16-bit, and there is one
-              device or a mesh context (kernel_runs_per_device), else xla. On
+              device or a mesh context (decode_kernel_suits_here), else xla. On
               an H200 it took Qwen3-0.6B decode from 2.44 to 1.97 ms per step at batch 64 (1.26 to 1.12 at
               batch 8) and the OPD step from 4.80 to 4.30 s; over a float8 cache it was slower than xla
               (rollout 3.41 vs 2.66 s), and ROCm is not measured (docs/performance.md, "Accelerator").
@@ -153,14 +153,14 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: AttentionMask, *, 
 
 
 def resolve_decode_backend(requested: str, platform: str, *, t: int, s: int, head_dim: int,
-                           contiguous: bool, groups: int = 1, cache_bytes: int = 2, per_device: bool = True) -> str:
+                           contiguous: bool, groups: int = 1, cache_bytes: int = 2, here: bool = True) -> str:
     """The backend of a cache read: "xla" or "pallas". Pure, so every case is testable on CPU.
 
     "pallas" needs a one-token read (t == 1) of a cache whose rows are contiguous (LayerCache.starts given),
     whose length is a multiple of DECODE_BLOCK, with a power-of-two head_dim >= 32 and query heads per kv head
     (Triton tensor shapes); requested where it cannot run, it is an error. "auto" takes it on CUDA where it
-    fits, the cache's elements are `cache_bytes` = 2 bytes (bf16/fp16: where it was measured faster) and the
-    kernel can run `per_device` (kernel_runs_per_device), else xla (see the module docstring).
+    fits, the cache's elements are `cache_bytes` = 2 bytes (bf16/fp16: where it was measured faster) and it
+    suits the devices `here` (decode_kernel_suits_here), else xla (see the module docstring).
     """
     if requested not in DECODE_ATTENTION_BACKENDS:
         raise ValueError(f"decode attention backend {requested!r} is not one of {DECODE_ATTENTION_BACKENDS}")
@@ -175,15 +175,19 @@ def resolve_decode_backend(requested: str, platform: str, *, t: int, s: int, hea
                              f"query heads per kv head; got t={t}, contiguous={contiguous}, s={s}, "
                              f"head_dim={head_dim}, groups={groups}")
         return "pallas"
-    auto = platform == "cuda" and fits and cache_bytes == 2 and per_device
+    auto = platform == "cuda" and fits and cache_bytes == 2 and here
     return "pallas" if requested == "auto" and auto else "xla"
 
 
-def kernel_runs_per_device() -> bool:
-    """Whether a Triton call traced here runs on each device's own shard: one device, or a mesh context
-    (jax.set_mesh, as the trainer sets) for decode_kernel's shard_map. Without one, XLA would gather operands
-    split over several devices for the call, so "auto" stays on xla there."""
-    return jax.device_count() == 1 or not jax.sharding.get_abstract_mesh().empty
+def decode_kernel_suits_here() -> bool:
+    """Whether "auto" may take the decode kernel for a call traced here: Hopper GPUs (compute capability 9.x,
+    where it was measured; Triton's code for other generations is not), and a Triton call that runs on each
+    device's own shard: one device, or a mesh context (jax.set_mesh, as the trainer sets) for decode_kernel's
+    shard_map. Without one, XLA would gather operands split over several devices for the call."""
+    per_device = jax.device_count() == 1 or not jax.sharding.get_abstract_mesh().empty
+    if jax.default_backend() != "gpu":
+        return per_device  # off GPUs resolve_decode_backend's platform check decides the rest
+    return per_device and getattr(jax.devices()[0], "compute_capability", "0").split(".")[0] == "9"
 
 
 def decode_cache_slots(total: int, decode_backend: str) -> int:
@@ -208,7 +212,7 @@ def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, cache: LayerCache
     if not cache.fresh:
         impl = resolve_decode_backend(decode_backend, current_platform(), t=t, s=cache.k.shape[2], head_dim=h,
                                       contiguous=cache.starts is not None, groups=n // kv_heads,
-                                      cache_bytes=cache.k.dtype.itemsize, per_device=kernel_runs_per_device())
+                                      cache_bytes=cache.k.dtype.itemsize, here=decode_kernel_suits_here())
         if impl == "pallas":  # writes the cache and attends in one kernel (q and k already normed and rotated)
             qkv = jnp.concatenate([q[:, 0].reshape(b, kv_heads, n // kv_heads, h), k[:, 0, :, None],
                                    v[:, 0, :, None]], axis=2)

@@ -295,7 +295,7 @@ class Decoder(nnx.Module):
                                            head_dim=cfg.head_dim, contiguous=cache.starts is not None,
                                            groups=cfg.num_heads // cfg.num_kv_heads,
                                            cache_bytes=cache.k.dtype.itemsize,
-                                           per_device=attn.kernel_runs_per_device()) == "pallas"
+                                           here=attn.decode_kernel_suits_here()) == "pallas"
 
     def _stacked_qkv(self, blk: DecodeLayer, h: jax.Array) -> jax.Array:
         """h [B, T, D] -> [M = B * T, K, G + 2, H]: per kv head its G queries, its key and its value."""
