@@ -78,6 +78,16 @@ def test_resolve_decode_backend(requested, platform, kw, expected):
     assert attention.resolve_decode_backend(requested, platform, **kw) == expected
 
 
+def test_the_kernel_suits_several_devices_only_under_a_mesh():
+    """8 CPU devices here: without a mesh context XLA would gather split operands for a Triton call; a mesh
+    context (even of one device, as eval sets) lets the kernel run per device under shard_map."""
+    assert jax.device_count() == 8 and not attention.decode_kernel_suits_here()
+    with jax.set_mesh(models.make_mesh(devices=jax.devices()[:1])):
+        assert attention.decode_kernel_suits_here()
+    with jax.set_mesh(models.make_mesh(data=2, tensor=4)):
+        assert attention.decode_kernel_suits_here()
+
+
 def test_resolve_decode_backend_errors():
     with pytest.raises(ValueError, match="decode_attention='pallas' needs"):
         attention.resolve_decode_backend("pallas", "cuda", t=1, s=600, head_dim=128, contiguous=True)

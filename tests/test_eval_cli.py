@@ -97,6 +97,17 @@ def test_flags_override_the_config_and_bad_keys_fail():
         tev.parse_args(["--config.n=4"])
 
 
+def test_decode_attention_switch(model_dir):
+    """--decode-attention reaches the loaded model's config; a bad value from a config file is a one-line
+    usage error naming the flag, before anything loads."""
+    cfg = tev.parse_args(["--model", str(model_dir), "--data", "a.jsonl", "--decode-attention", "xla"])
+    assert cfg.decode_attention == "xla" and tev.parse_args(["--model", "m"]).decode_attention == "auto"
+    assert tev.resolve_model(model_dir, decode_attention="xla").model.config.decode_attention == "xla"
+    bad = tev.parse_args(["--config=configs/eval_math.py", "--config.decode_attention=flash", "--model", "m"])
+    with pytest.raises(tev.cli.UsageError, match="decode_attention='flash' must be one of auto, xla, pallas"):
+        tev.check_settings(bad)
+
+
 def test_resolve_model_rejects_a_folder_without_config(tmp_path):
     with pytest.raises(ValueError, match="no config.json"):
         tev.resolve_model(tmp_path)

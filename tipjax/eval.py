@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from tipjax import cli, config_loader, data, sampling, tokenization
+from tipjax import cli, config_loader, data, models, sampling, tokenization
 from tipjax.data import PromptOptions
 from tipjax.grading import grade
 
@@ -59,6 +59,7 @@ class EvalConfig:
     limit: int = 0  # first `limit` problems of each file; 0 = all
     out: str = ""
     dtype: str = "float32"
+    decode_attention: str = "auto"  # auto | xla | pallas: the sampler's one-token attention (models/attention.py)
     keep_samples: bool = False  # store every response text in the report
     buckets: tuple[int, ...] = ()  # prompt length buckets; () = sampling's powers of two
     prompt: PromptOptions = PromptOptions()
@@ -71,23 +72,23 @@ class LoadedModel:
     eos_token_ids: tuple[int, ...]
 
 
-def resolve_model(path: str | Path, dtype=jnp.float32) -> LoadedModel:
-    """``--model PATH`` -> model, tokenizer and stop tokens.
+def resolve_model(path: str | Path, dtype=jnp.float32, decode_attention: str = "auto") -> LoadedModel:
+    """``--model PATH`` -> model (on one device), tokenizer and stop tokens.
 
     PATH is a Hugging Face folder (config.json, *.safetensors, tokenizer files) or a tipjax training workdir
-    (its latest checkpoint).
+    (its latest checkpoint). decode_attention is ModelConfig's.
     """
     from transformers import AutoTokenizer  # heavy import, only needed by the CLI path
 
-    from tipjax import models, workdir as workdir_lib
+    from tipjax import workdir as workdir_lib
 
     path = Path(path)
     if workdir_lib.is_workdir(path):
         # A training run: its latest checkpoint's student, with the tokenizer of the folder it started from.
-        model = workdir_lib.load_student(path, dtype=dtype)
+        model = workdir_lib.load_student(path, dtype=dtype, decode_attention=decode_attention)
         source = model.config.source_dir
         if source is None:
-            raise cli.UserError(f"the run's student had no Hugging Face folder, so no tokenizer", "--model")
+            raise cli.UserError("the run's student had no Hugging Face folder, so no tokenizer", "--model")
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
         eos = tokenization.stop_ids(source, tokenizer, model.config.eos_token_id)
         _check_vocabulary(tokenizer, eos, model.config.vocab_size, path)
@@ -104,7 +105,7 @@ def resolve_model(path: str | Path, dtype=jnp.float32) -> LoadedModel:
     if isinstance(vocab, int):  # before any weights load
         _check_vocabulary(tokenizer, eos, vocab, path)
     try:
-        model = models.load_hf(str(path), dtype=dtype)
+        model = models.load_hf(str(path), dtype=dtype, decode_attention=decode_attention)
     except ValueError as err:  # load_hf's errors name the file or tensor: a bad folder, not a bug
         raise cli.UserError(f"cannot load the model: {err}", "--model") from err
     eos = tokenization.stop_ids(path, tokenizer, model.config.eos_token_id)
@@ -268,6 +269,9 @@ def check_settings(cfg: EvalConfig) -> None:
     need(cfg.top_k >= 0, "--top-k", cfg.top_k, "must be >= 0 (0 disables it)")
     need(cfg.max_new_tokens >= 1, "--max-new-tokens", cfg.max_new_tokens, "must be >= 1")
     need(cfg.limit >= 0, "--limit", cfg.limit, "must be >= 0 (0: all)")
+    from tipjax.models.config import DECODE_ATTENTION_BACKENDS
+    need(cfg.decode_attention in DECODE_ATTENTION_BACKENDS, "--decode-attention", cfg.decode_attention,
+         f"must be one of {', '.join(DECODE_ATTENTION_BACKENDS)}")
 
 
 def check_output(out: str | Path) -> None:
@@ -316,15 +320,19 @@ def run(cfg: EvalConfig, *, progress: bool = True) -> dict[str, Any]:
     if cfg.out:
         check_output(cfg.out)
     start = time.perf_counter()
-    loaded = resolve_model(cfg.model, dtype=jnp.dtype(cfg.dtype))
+    loaded = resolve_model(cfg.model, dtype=jnp.dtype(cfg.dtype), decode_attention=cfg.decode_attention)
     load_s = time.perf_counter() - start
     datasets = {}
-    for path in paths:
-        datasets[data.dataset_name(path)] = evaluate(
-            loaded.model, loaded.tokenizer, path, n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p,
-            top_k=cfg.top_k, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=cfg.seed,
-            limit=cfg.limit or None, eos_token_ids=loaded.eos_token_ids, prompt_options=cfg.prompt,
-            buckets=cfg.buckets, keep_samples=cfg.keep_samples, progress=progress)
+    # The model lives on one device: say so with a one-device mesh, so that "auto" may take the Pallas decode
+    # kernel on a machine with several GPUs (attention.decode_kernel_suits_here).
+    device = next(iter(jax.tree.leaves(loaded.model)[0].devices()))
+    with jax.set_mesh(models.make_mesh(devices=[device])):
+        for path in paths:
+            datasets[data.dataset_name(path)] = evaluate(
+                loaded.model, loaded.tokenizer, path, n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p,
+                top_k=cfg.top_k, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=cfg.seed,
+                limit=cfg.limit or None, eos_token_ids=loaded.eos_token_ids, prompt_options=cfg.prompt,
+                buckets=cfg.buckets, keep_samples=cfg.keep_samples, progress=progress)
     report = {
         "model": cfg.model,
         "settings": dataclasses.asdict(cfg),
@@ -381,6 +389,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="first N problems of each file")
     p.add_argument("--seed", type=int, help="default 0")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), help="parameter dtype (default float32)")
+    p.add_argument("--decode-attention", dest="decode_attention", choices=("auto", "xla", "pallas"),
+                   help="one-token attention of the sampler: auto (default: tipjax's Pallas kernel on Hopper GPUs "
+                        "where it fits), xla, or pallas")
     p.add_argument("--out", help="write the JSON report here")
     p.add_argument("--keep-samples", dest="keep_samples", action="store_const", const=True,
                    help="store every response text in the report")

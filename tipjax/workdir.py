@@ -34,19 +34,22 @@ def check(path: str | Path, error: type[cli.UserError] = NotAWorkdir) -> None:
         raise error(f"not a tipjax workdir (no {STUDENT_CONFIG} and {CHECKPOINTS}/)", path)
 
 
-def load_student(workdir: str | Path, step: int | None = None, dtype=None) -> models.Decoder:
-    """The student of a training run at `step` (default: the newest readable checkpoint), on one device."""
-    return restore_student(workdir, step, dtype)[1]
+def load_student(workdir: str | Path, step: int | None = None, dtype=None,
+                 decode_attention: str = "auto") -> models.Decoder:
+    """The student of a training run at `step` (default: the newest readable checkpoint), on one device;
+    decode_attention is ModelConfig's."""
+    return restore_student(workdir, step, dtype, decode_attention)[1]
 
 
-def restore_student(workdir: str | Path, step: int | None = None, dtype=None) -> tuple[int, models.Decoder]:
+def restore_student(workdir: str | Path, step: int | None = None, dtype=None,
+                    decode_attention: str = "auto") -> tuple[int, models.Decoder]:
     """(the step restored, the student); see load_student."""
     workdir = Path(workdir)
     check(workdir)
     run = json.loads((workdir / RUN_FILE).read_text()) if (workdir / RUN_FILE).is_file() else {}
     hf_config = json.loads((workdir / STUDENT_CONFIG).read_text())
     cfg = models.ModelConfig.from_hf_dict(hf_config, param_dtype=hf_config.get("torch_dtype", "float32"),
-                                          source_dir=run.get("student_path"))
+                                          source_dir=run.get("student_path"), decode_attention=decode_attention)
     checkpoints = Checkpointer(workdir / CHECKPOINTS, CheckpointSpec(async_save=False))
     try:
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
