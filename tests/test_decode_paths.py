@@ -126,6 +126,30 @@ def test_sampler_paths_agree(arch):
         np.testing.assert_allclose(outs[name].logprobs, ref.logprobs, atol=1e-5, err_msg=name)
 
 
+def test_the_default_tiling_sizes_the_sampler_cache(monkeypatch):
+    """decode_kernel.DEFAULT is what the decoder launches and what the sampler rounds its cache to: with blocks of
+    64 the kernel path still draws xla's tokens (a 9-token prompt + 6 new: a 64-slot cache)."""
+    from tipjax.models import decode_kernel
+
+    cfg = models.ModelConfig.from_hf_dict(_HF)
+    prompt = jnp.asarray(np.random.default_rng(2).integers(3, 96, (2, 9)), jnp.int32)
+    mask = jnp.asarray(np.arange(9)[None] >= np.array([0, 4])[:, None], jnp.int32)
+    kw = dict(max_new_tokens=6, temperature=1.0, eos_token_id=5, rng=jax.random.key(5))
+    xla = sampling.generate(models.init(cfg.replace(decode_attention="xla"), jax.random.key(2)), prompt, mask, **kw)
+    monkeypatch.setattr(decode_kernel, "DEFAULT", decode_kernel.Tiling(block=64, num_warps=8, num_stages=3))
+    assert attention.decode_cache_slots(15, "pallas") == 64 and attention.decode_cache_slots(15, "xla") == 15
+    model = models.init(cfg.replace(decode_attention="pallas"), jax.random.key(2))
+    jax.clear_caches()
+    try:
+        text = str(jax.make_jaxpr(lambda p, m: sampling.generate(model, p, m, **kw).tokens)(prompt, mask))
+        got = sampling.generate(model, prompt, mask, **kw)
+    finally:
+        jax.clear_caches()
+    assert "num_warps=8" in text and "num_stages=3" in text and "num_warps=4" not in text  # DEFAULT's launch
+    np.testing.assert_array_equal(got.tokens, xla.tokens)
+    np.testing.assert_allclose(got.logprobs, xla.logprobs, atol=1e-5)
+
+
 @pytest.mark.parametrize("cache_dtype", [None, "float8_e4m3fn"])
 def test_auto_takes_the_kernel_on_cuda_for_16_bit_caches(monkeypatch, cache_dtype):
     """"auto" on CUDA (the platform faked; the kernel runs in interpret mode here): the sampler decodes through

@@ -49,7 +49,6 @@ from tipjax.models.config import DECODE_ATTENTION_BACKENDS, DEFAULT_QUERY_CHUNK
 # Finite "minus infinity": a query with no visible key (e.g. left padding) gets a uniform, finite softmax.
 _MASKED = -1e30
 _CUDNN_DTYPES = ("bfloat16", "float16")
-DECODE_BLOCK = decode_kernel.BLOCK  # the Pallas decode kernel's slots per block: its cache is a multiple
 
 
 @struct.dataclass
@@ -157,7 +156,7 @@ def resolve_decode_backend(requested: str, platform: str, *, t: int, s: int, hea
     """The backend of a cache read: "xla" or "pallas". Pure, so every case is testable on CPU.
 
     "pallas" needs a one-token read (t == 1) of a cache whose rows are contiguous (LayerCache.starts given),
-    whose length is a multiple of DECODE_BLOCK, with a power-of-two head_dim >= 32 and query heads per kv head
+    whose length is a multiple of the kernel's block (decode_kernel.DEFAULT), with a power-of-two head_dim >= 32 and query heads per kv head
     (Triton tensor shapes); requested where it cannot run, it is an error. "auto" takes it on CUDA where it
     fits, the cache's elements are `cache_bytes` = 2 bytes (bf16/fp16: where it was measured faster) and it
     suits the devices `here` (decode_kernel_suits_here), else xla (see the module docstring).
@@ -171,7 +170,7 @@ def resolve_decode_backend(requested: str, platform: str, *, t: int, s: int, hea
     if requested == "pallas":
         if not fits:
             raise ValueError(f"decode_attention='pallas' needs one query per row, contiguous rows (starts), a cache "
-                             f"length that is a multiple of {DECODE_BLOCK} and power-of-two head_dim >= 32 and "
+                             f"length that is a multiple of {decode_kernel.DEFAULT.block} and power-of-two head_dim >= 32 and "
                              f"query heads per kv head; got t={t}, contiguous={contiguous}, s={s}, "
                              f"head_dim={head_dim}, groups={groups}")
         return "pallas"
@@ -191,9 +190,9 @@ def decode_kernel_suits_here() -> bool:
 
 
 def decode_cache_slots(total: int, decode_backend: str) -> int:
-    """KV-cache length for `total` tokens: whole DECODE_BLOCKs for the Pallas kernel (the slots past `total` are
-    never written or read), exactly `total` otherwise (padding the xla path only costs time)."""
-    block = DECODE_BLOCK if decode_backend == "pallas" else 1
+    """KV-cache length for `total` tokens: whole blocks of the Pallas kernel's tiling (decode_kernel.DEFAULT; the
+    slots past `total` are never written or read), exactly `total` otherwise (padding only costs xla time)."""
+    block = decode_kernel.DEFAULT.block if decode_backend == "pallas" else 1
     return -(-total // block) * block
 
 

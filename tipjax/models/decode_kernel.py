@@ -10,7 +10,7 @@ filled cache slots.
 Grid (batch, kv head): a program loads its kv group's G queries, key and value [G + 2, H] from the stacked
 q/k/v output, normalises (Qwen3's q_norm / k_norm) and rotates (half-split rope, as `layers.rope`) the
 queries and the key with the xla path's bf16 rounding points, writes the key and value at slot `index`, and
-streams the slots [start, index) of its kv head in blocks of BLOCK with an online softmax in fp32 and
+streams the slots [start, index) of its kv head in blocks of Tiling.block with an online softmax in fp32 and
 tensor-core dots, the G queries padded to 16 rows. (The first version multiplied and summed on CUDA cores,
 as G is only 1-8 rows: on an H200 it ran 2-5x slower than the xla path, Triton's reductions over 3-D register
 tiles being the cost.) Heads are handled as two halves [.., H/2] throughout, so the rotation needs no shuffle
@@ -37,14 +37,14 @@ from jax.sharding import PartitionSpec as P
 from tipjax.models import sharding
 from tipjax.models.cache import to_cache
 
-BLOCK = 32  # cache slots per loop iteration (the default; caches are rounded to a multiple of it)
+BLOCK = 32  # the fewest cache slots per loop iteration
 ROWS = 16   # a tensor-core dot's fewest rows: the G queries of a kv head are padded to it
 
 
 @dataclasses.dataclass(frozen=True)
 class Tiling:
     """Triton launch settings: cache slots per loop iteration (a power of two >= BLOCK; the cache length must be a
-    multiple of it, and the sampler rounds caches to BLOCK only), warps per program, software-pipelining stages,
+    multiple of it: the sampler rounds caches to DEFAULT's), warps per program, software-pipelining stages,
     and splits of each row's slots over several programs (flash-decoding: more parallelism when batch x kv heads
     is small next to the GPU's SMs, for one more small combine kernel). The defaults are a guess until measured:
     scripts/bench_decode_kernel.py times several."""
@@ -54,6 +54,10 @@ class Tiling:
     splits: int = 0  # programs per row and kv head, each over a share of the filled slots, combined after;
                      # 0: auto_splits
 
+
+# The decoder's launch settings (run G: block 64 was 1-9% faster than 32 for the attention half alone; the
+# sampler rows measured 32). scripts/bench_accelerator.py replaces it in its own worker process to time others.
+DEFAULT = Tiling()
 
 PROGRAMS = 256  # enough programs to keep an H100/H200's 132 SMs busy (two each, near enough)
 
@@ -71,7 +75,7 @@ def fits(groups: int, head_dim: int, slots: int) -> bool:
     """Whether the kernel takes these shapes: Triton tensors have power-of-two sizes, and its dots contract over
     half a head (>= 16)."""
     pow2 = lambda n: n >= 1 and n & (n - 1) == 0
-    return pow2(groups) and pow2(head_dim) and head_dim >= 32 and slots % BLOCK == 0
+    return pow2(groups) and pow2(head_dim) and head_dim >= 32 and slots % DEFAULT.block == 0
 
 
 def attend(qkv: jax.Array, k_cache: jax.Array, v_cache: jax.Array, starts: jax.Array, index: jax.Array, *,
@@ -83,13 +87,13 @@ def attend(qkv: jax.Array, k_cache: jax.Array, v_cache: jax.Array, starts: jax.A
     Args:
       qkv: [B, K, G + 2, H] per kv head its G queries, its key, its value (DecodeLayer.wqkv's layout), in the
         compute dtype, before norm and rotation.
-      k_cache, v_cache: [B, K, S, H] a layer's cache buffers (any cache dtype), S a multiple of BLOCK; donate
+      k_cache, v_cache: [B, K, S, H] a layer's cache buffers (any cache dtype), S a multiple of the block; donate
         them (or carry them in a loop) for an in-place update.
       starts: [B] int32, each row's first visible slot (LayerCache.starts); index: [] int32, this step's slot.
       rope: (cos, sin) [B, H/2] fp32 of each row's position, or None (q and k are used as given).
       qk_norm: [G + 1, H] (DecodeLayer.qk_norm) or None; eps its epsilon.
       interpret: Pallas interpret mode; default: off on GPUs (CUDA or ROCm), on elsewhere.
-      tiling: Triton launch settings (default Tiling()); S must be a multiple of tiling.block.
+      tiling: Triton launch settings (default DEFAULT); S must be a multiple of tiling.block.
     On a device mesh, call it under `jax.set_mesh` (the trainer does): the kernel then runs under shard_map per
     device. Without a mesh context XLA would gather sharded operands for the Triton call.
     Returns:
@@ -97,10 +101,10 @@ def attend(qkv: jax.Array, k_cache: jax.Array, v_cache: jax.Array, starts: jax.A
     """
     b, kv, e, h = qkv.shape
     g, s = e - 2, k_cache.shape[2]
-    tiling = tiling or Tiling()
+    tiling = tiling or DEFAULT
     if not fits(g, h, s) or s % tiling.block:
         raise ValueError(f"the Pallas decode kernel needs power-of-two groups and head_dim >= 32 and slots a "
-                         f"multiple of {max(BLOCK, tiling.block)}; got G={g}, H={h}, S={s}")
+                         f"multiple of {max(DEFAULT.block, tiling.block)}; got G={g}, H={h}, S={s}")
     if interpret is None:
         interpret = jax.default_backend() != "gpu"
     half = h // 2
