@@ -23,10 +23,10 @@ Decode (ModelConfig.decode_attention): one new query per row against the cache.
               [start, index]; off GPU it runs in Pallas interpret mode (tests).
   "auto"      the kernel on Hopper GPUs where it fits (one-token reads of a whole-block cache with contiguous
               rows, power-of-two heads per kv head and head_dim >= 32), the cache is 16-bit, and there is one
-              device or a mesh context (decode_kernel_suits_here), else xla. On
-              an H200 it took Qwen3-0.6B decode from 2.44 to 1.97 ms per step at batch 64 (1.26 to 1.12 at
-              batch 8) and the OPD step from 4.80 to 4.30 s; over a float8 cache it was slower than xla
-              (rollout 3.41 vs 2.66 s), and ROCm is not measured (docs/performance.md, "Accelerator").
+              device or a mesh context (decode_kernel_suits_here), else xla. On an H200 it took Qwen3-0.6B
+              decode from 2.44 to 1.97 ms per step at batch 64 (1.26 to 1.12 at batch 8) and the OPD step
+              from 4.80 to 4.30 s; over a float8 cache it was slower than xla (rollout 3.41 vs 2.66 s); other
+              GPUs are not measured (docs/performance.md, "Accelerator").
 
 cuDNN's query/key lengths assume right padding, and tipjax's prompts are left padded, so the cudnn path
 never passes lengths: a mask with padding, a cache offset or segments goes in as a dense [B, 1, T, S]
@@ -156,10 +156,10 @@ def resolve_decode_backend(requested: str, platform: str, *, t: int, s: int, hea
     """The backend of a cache read: "xla" or "pallas". Pure, so every case is testable on CPU.
 
     "pallas" needs a one-token read (t == 1) of a cache whose rows are contiguous (LayerCache.starts given),
-    whose length is a multiple of the kernel's block (decode_kernel.DEFAULT), with a power-of-two head_dim >= 32 and query heads per kv head
-    (Triton tensor shapes); requested where it cannot run, it is an error. "auto" takes it on CUDA where it
-    fits, the cache's elements are `cache_bytes` = 2 bytes (bf16/fp16: where it was measured faster) and it
-    suits the devices `here` (decode_kernel_suits_here), else xla (see the module docstring).
+    whose length is a multiple of the kernel's block (decode_kernel.DEFAULT), with a power-of-two head_dim >= 32
+    and query heads per kv head (Triton tensor shapes); requested where it cannot run, it is an error. "auto"
+    takes it on CUDA where it fits, the cache's elements are `cache_bytes` = 2 bytes (bf16/fp16: where it was
+    measured faster) and it suits the devices `here` (decode_kernel_suits_here: Hopper, per device), else xla.
     """
     if requested not in DECODE_ATTENTION_BACKENDS:
         raise ValueError(f"decode attention backend {requested!r} is not one of {DECODE_ATTENTION_BACKENDS}")
@@ -170,7 +170,8 @@ def resolve_decode_backend(requested: str, platform: str, *, t: int, s: int, hea
     if requested == "pallas":
         if not fits:
             raise ValueError(f"decode_attention='pallas' needs one query per row, contiguous rows (starts), a cache "
-                             f"length that is a multiple of {decode_kernel.DEFAULT.block} and power-of-two head_dim >= 32 and "
+                             f"length that is a multiple of {decode_kernel.DEFAULT.block} and power-of-two "
+                             f"head_dim >= 32 and "
                              f"query heads per kv head; got t={t}, contiguous={contiguous}, s={s}, "
                              f"head_dim={head_dim}, groups={groups}")
         return "pallas"

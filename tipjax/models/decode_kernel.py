@@ -14,13 +14,13 @@ streams the slots [start, index) of its kv head in blocks of Tiling.block with a
 tensor-core dots, the G queries padded to 16 rows. (The first version multiplied and summed on CUDA cores,
 as G is only 1-8 rows: on an H200 it ran 2-5x slower than the xla path, Triton's reductions over 3-D register
 tiles being the cost.) Heads are handled as two halves [.., H/2] throughout, so the rotation needs no shuffle
-of a register tensor. The new key
-and value enter from registers: a program never reads the slot it writes. The cache may be stored in any cache
-dtype (float8 too).
+of a register tensor. The new key and value enter from registers: a program never reads the slot it writes.
+The cache may be stored in any cache dtype (float8 works, but ran slower than xla over float8 on the H200).
 
 Lowered by Pallas to Triton on GPUs; anywhere else it runs in Pallas interpret mode (the tests' reference path).
 jax 0.11 deprecates Pallas's Triton backend in favour of Mosaic GPU (a warning at lowering); it works in the jax
-versions pyproject.toml allows (< 0.12), and a Mosaic GPU port is the way forward once this one is measured.
+versions pyproject.toml allows (< 0.12), and a Mosaic GPU port, measured against this one (docs/performance.md,
+run G), is the way forward.
 """
 
 from __future__ import annotations
@@ -46,8 +46,8 @@ class Tiling:
     """Triton launch settings: cache slots per loop iteration (a power of two >= BLOCK; the cache length must be a
     multiple of it: the sampler rounds caches to DEFAULT's), warps per program, software-pipelining stages,
     and splits of each row's slots over several programs (flash-decoding: more parallelism when batch x kv heads
-    is small next to the GPU's SMs, for one more small combine kernel). The defaults are a guess until measured:
-    scripts/bench_decode_kernel.py times several."""
+    is small next to the GPU's SMs, for one more small combine kernel). scripts/bench_decode_kernel.py times
+    several against the xla path (docs/performance.md, run G)."""
     block: int = BLOCK
     num_warps: int = 4
     num_stages: int = 2
