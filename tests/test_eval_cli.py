@@ -106,6 +106,9 @@ def test_decode_attention_switch(model_dir):
     bad = tev.parse_args(["--config=configs/eval_math.py", "--config.decode_attention=flash", "--model", "m"])
     with pytest.raises(tev.cli.UsageError, match="decode_attention='flash' must be one of auto, xla, pallas"):
         tev.check_settings(bad)
+    # This model's head_dim is 8: the kernel cannot take it, said before any weights load.
+    with pytest.raises(tev.cli.UsageError, match="decode_attention='pallas' needs power-of-two .* and 8"):
+        tev.resolve_model(model_dir, decode_attention="pallas")
 
 
 def test_resolve_model_rejects_a_folder_without_config(tmp_path):

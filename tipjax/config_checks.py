@@ -82,10 +82,8 @@ def _check_decode_kernel(name: str, spec: ModelSpec, *, files: bool) -> None:
         cfg = models.ModelConfig.from_hf_dict(_hf_fields(spec, files=files))
     except (ValueError, KeyError, TypeError):
         return  # unknown or malformed here: the model loader names the problem, the sampler checks again
-    groups = cfg.num_heads // cfg.num_kv_heads
-    _check(decode_kernel.fits(groups, cfg.head_dim, decode_kernel.DEFAULT.block), f"{name}.decode_attention",
-           spec.decode_attention, f"needs power-of-two query heads per kv head and head_dim >= 32; this model has "
-           f"{groups} and {cfg.head_dim} (use 'auto')")
+    why = decode_kernel.misfit(cfg.num_heads, cfg.num_kv_heads, cfg.head_dim)
+    _check(why is None, f"{name}.decode_attention", spec.decode_attention, why)
 
 
 def validate(cfg: TrainConfig, *, dry_run: bool = False, prepared: bool = False) -> None:

@@ -78,6 +78,16 @@ def fits(groups: int, head_dim: int, slots: int) -> bool:
     return pow2(groups) and pow2(head_dim) and head_dim >= 32 and slots % DEFAULT.block == 0
 
 
+def misfit(num_heads: int, num_kv_heads: int, head_dim: int) -> str | None:
+    """Why the kernel cannot take a model's attention heads, as the tail of a one-line config error; None if it
+    can (config_checks and eval ask before any weights load)."""
+    groups = num_heads // num_kv_heads
+    if fits(groups, head_dim, DEFAULT.block):
+        return None
+    return (f"needs power-of-two query heads per kv head and head_dim >= 32; this model has {groups} and "
+            f"{head_dim} (use 'auto')")
+
+
 def attend(qkv: jax.Array, k_cache: jax.Array, v_cache: jax.Array, starts: jax.Array, index: jax.Array, *,
            rope: tuple[jax.Array, jax.Array] | None = None, qk_norm: jax.Array | None = None, eps: float = 1e-6,
            interpret: bool | None = None, tiling: Tiling | None = None):
