@@ -339,7 +339,7 @@ def plan():
          "new", {}, 60),
         ("decode", "decode new, xla", "decode",
          dict(variants=[dict(name="xla attention, 8 tokens/iteration", model=xla)]), "new", {}, 60),
-        ("kernel", "decode attention kernel", "kernel", {}, "new", {}, 40),
+        ("kernel", "decode attention kernel", "kernel", {}, "new", {}, 70),
         # Run G's kernel row: block 64 beat the default 32 by 1-9% for the attention half alone.
         ("decode", "decode new, kernel block 64", "decode",
          dict(variants=[dict(name="the kernel, block 64, 4 warps, 2 stages, auto splits", tiling=[64, 4, 2, 0])]),

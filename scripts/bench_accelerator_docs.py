@@ -46,13 +46,15 @@ def render(results: dict) -> str:
         lines += [f"### The attention half of a decode layer alone ({kernel['kv_heads']} kv heads x {kernel['groups']} "
                   f"queries x {kernel['head_dim']}, bf16, {kernel['filled']} of {kernel['slots']} cache slots "
                   f"filled, {kernel['calls']} calls in one loop)", "",
-                  "| variant | batch | us / call | max abs diff vs xla | compile + first s |", "|---|---|---|---|---|"]
+                  "| cache | variant | batch | us / call | max abs diff vs xla | compile + first s |",
+                  "|---|---|---|---|---|---|"]
         for row in kernel["rows"]:
+            cache = row.get("cache", "bfloat16")  # runs F and G had bf16 caches only
             if "error" in row:
-                lines.append(f"| {row['variant']} | {row['batch']} | failed: {row['error'][-200:]} | | |")
+                lines.append(f"| {cache} | {row['variant']} | {row['batch']} | failed: {row['error'][-200:]} | | |")
                 continue
             diff = f"{row['max_abs_diff_vs_xla']:.2e}" if "max_abs_diff_vs_xla" in row else row.get("check_error", "-")
-            lines.append(f"| {row['variant']} | {row['batch']} | {row['us_per_call']:.1f} | {diff} | "
+            lines.append(f"| {cache} | {row['variant']} | {row['batch']} | {row['us_per_call']:.1f} | {diff} | "
                          f"{row['compile_and_first_s']:.1f} |")
         lines.append("")
     profiled_decode = [(label, row) for label, row in decode if "busy_share" in row]

@@ -22,15 +22,16 @@ def test_smoke_runs_on_cpu(tmp_path):
     assert results["smoke"] and set(runs) == {"ceilings", "hlo", "kernel"}
     # The kernel row checks the kernel against the xla path (bf16: within rounding) besides timing both.
     kernel_rows = runs["kernel"]["rows"]
-    assert len(kernel_rows) == 3 and all(r["us_per_call"] > 0 and r["max_abs_diff_vs_xla"] < 1e-2 for r in kernel_rows)
-    assert kernel_rows[0]["max_abs_diff_vs_xla"] == 0.0  # the xla row is its own reference
+    assert len(kernel_rows) == 6 and all(r["us_per_call"] > 0 and r["max_abs_diff_vs_xla"] < 1e-2 for r in kernel_rows)
+    assert [r["cache"] for r in kernel_rows] == ["bfloat16"] * 3 + ["float8_e4m3fn"] * 3
+    assert [r["max_abs_diff_vs_xla"] for r in kernel_rows[::3]] == [0.0, 0.0]  # each cache's xla row: its reference
     assert "error" not in runs["ceilings"] and runs["ceilings"]["copy_bytes_per_s"] > 0
     assert runs["hlo"]["cache_copies"] == [] and runs["hlo"]["while_loops"] >= 1
     # The row's fields for the docs. (XLA:CPU fuses a window slice into its dot, so the slice guard is the jaxpr
     # test in test_decode_paths.py; here the writes listed are CPU's f32 converts of the bf16 cache.)
     assert isinstance(runs["hlo"]["cache_writes"], list) and runs["hlo"]["decode_kernels"] > 0
     assert "Ceilings measured in the run" in proc.stdout and "### Compiled decode loop" in proc.stdout
-    assert "### The attention half of a decode layer alone" in proc.stdout
+    assert "### The attention half of a decode layer alone" in proc.stdout and "| float8_e4m3fn | kernel" in proc.stdout
 
 
 def test_docs_render_from_checked_in_results(tmp_path):
