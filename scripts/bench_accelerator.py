@@ -345,6 +345,12 @@ def plan():
          dict(variants=[dict(name="the kernel, block 64, 4 warps, 2 stages, auto splits", tiling=[64, 4, 2, 0])]),
          "new", {}, 45),
         ("train", "train new", "train", dict(steps=2), "new", {}, 100),
+        # Where batch 8's decode step goes (run G: 1.12 ms against a 0.48 ms bound). Profiled rows run without
+        # command buffers: the profiler does not see the kernels of a CUDA graph one by one (run D: 63 of 353
+        # kernels per decode step), so their timings are the no-graph ones.
+        ("decode", "decode new, profiled, command buffers off", "decode",
+         dict(variants=[dict(name="defaults, profiled", batches=[8, 64], profile="OUT/decode_profile")]), "new",
+         {"XLA_FLAGS": NO_COMMAND_BUFFERS}, 50),
         ("train", "train new, xla decode in the rollout", "train", dict(steps=2, student=xla), "new", {}, 100),
         # The rollout's one lever on bytes: a float8 KV cache halves what a step reads at long windows ("auto"
         # decodes it with xla: the kernel was slower over float8 in run G).
@@ -353,13 +359,8 @@ def plan():
         ("decode", "decode new, float8 KV cache", "decode",
          dict(variants=[dict(name="auto (xla), float8_e4m3fn cache", generate=dict(cache_dtype="float8_e4m3fn"))]),
          "new", {}, 50),
-        # Profiled rows run without command buffers: the profiler does not see the kernels of a CUDA graph one
-        # by one (run D: 63 of 353 kernels per decode step), so their timings are the no-graph ones.
         ("train", "train new, profiled, command buffers off", "train",
          dict(steps=1, rollout=False, profile="OUT/profile"), "new", {"XLA_FLAGS": NO_COMMAND_BUFFERS}, 90),
-        ("decode", "decode new, profiled, command buffers off", "decode",
-         dict(variants=[dict(name="defaults, profiled", batches=[8, 64], profile="OUT/decode_profile")]), "new",
-         {"XLA_FLAGS": NO_COMMAND_BUFFERS}, 50),
         ("hlo", "decode HLO", "hlo", dict(out="OUT/decode_hlo.txt"), "new", {}, 20),
         ("hlo", "decode HLO, xla", "hlo", dict(out="OUT/decode_hlo_xla.txt", model=xla), "new", {}, 20),
         ("decode", "decode new b64, xla, profiled, command buffers off", "decode",
