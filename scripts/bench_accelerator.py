@@ -37,6 +37,9 @@ COMMAND_BUFFERS = "--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM
 NO_SPLIT_K = "--xla_gpu_experimental_force_split_k=1"
 # XLA:GPU captures only runs of at least this many kernels into a CUDA graph; a decode step is ~500 small ones.
 MIN_GRAPH_1 = "--xla_gpu_graph_min_graph_size=1"
+# Triton GEMMs only (no cuBLAS): XLA can fuse elementwise producers (the SwiGLU before the down projection) into a
+# Triton GEMM, one kernel fewer per layer in a launch-bound step; cuBLAS takes no such prologue.
+TRITON_GEMMS = "--xla_gpu_cublas_fallback=false"
 NO_COMMAND_BUFFERS = "--xla_gpu_enable_command_buffer="
 
 
@@ -359,6 +362,8 @@ def plan():
         ("decode", "decode new, float8 KV cache", "decode",
          dict(variants=[dict(name="auto (xla), float8_e4m3fn cache", generate=dict(cache_dtype="float8_e4m3fn"))]),
          "new", {}, 50),
+        ("decode", "decode new, Triton GEMMs only", "decode",
+         dict(variants=[dict(name="auto, --xla_gpu_cublas_fallback=false")]), "new", {"XLA_FLAGS": TRITON_GEMMS}, 60),
         ("train", "train new, profiled, command buffers off", "train",
          dict(steps=1, rollout=False, profile="OUT/profile"), "new", {"XLA_FLAGS": NO_COMMAND_BUFFERS}, 90),
         ("hlo", "decode HLO", "hlo", dict(out="OUT/decode_hlo.txt"), "new", {}, 20),
