@@ -73,17 +73,23 @@ def _hf_fields(spec: ModelSpec, *, files: bool) -> dict:
 
 def _check_decode_kernel(name: str, spec: ModelSpec, *, files: bool) -> None:
     """decode_attention='pallas' on a model whose head shapes the Triton kernel cannot take: before any loading."""
-    if spec.decode_attention != "pallas":
-        return
+    if spec.decode_attention == "pallas":
+        why = decode_kernel_misfit(_hf_fields(spec, files=files))
+        _check(why is None, f"{name}.decode_attention", spec.decode_attention, why)
+
+
+def decode_kernel_misfit(hf: dict) -> str | None:
+    """Why the Pallas decode kernel cannot take the heads of a model given by its HF config fields (the tail of
+    a one-line error), or None; also None where the fields are unknown or malformed: the model loader names
+    that, and the sampler checks the kernel's shapes again."""
     from tipjax import models
     from tipjax.models import decode_kernel
 
     try:  # the loader's own reading of the fields (defaults included)
-        cfg = models.ModelConfig.from_hf_dict(_hf_fields(spec, files=files))
+        cfg = models.ModelConfig.from_hf_dict(hf.get("text_config", hf))
     except (ValueError, KeyError, TypeError):
-        return  # unknown or malformed here: the model loader names the problem, the sampler checks again
-    why = decode_kernel.misfit(cfg.num_heads, cfg.num_kv_heads, cfg.head_dim)
-    _check(why is None, f"{name}.decode_attention", spec.decode_attention, why)
+        return None
+    return decode_kernel.misfit(cfg.num_heads, cfg.num_kv_heads, cfg.head_dim)
 
 
 def validate(cfg: TrainConfig, *, dry_run: bool = False, prepared: bool = False) -> None:

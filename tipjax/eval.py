@@ -85,7 +85,7 @@ def resolve_model(path: str | Path, dtype=jnp.float32, decode_attention: str = "
     path = Path(path)
     if workdir_lib.is_workdir(path):
         # A training run: its latest checkpoint's student, with the tokenizer of the folder it started from.
-        _check_decode_attention(path / workdir_lib.STUDENT_CONFIG, decode_attention)
+        _check_decode_attention(json.loads((path / workdir_lib.STUDENT_CONFIG).read_text()), decode_attention)
         model = workdir_lib.load_student(path, dtype=dtype, decode_attention=decode_attention)
         source = model.config.source_dir
         if source is None:
@@ -105,7 +105,7 @@ def resolve_model(path: str | Path, dtype=jnp.float32, decode_attention: str = "
     eos = tokenization.stop_ids(path, tokenizer, None)
     if isinstance(vocab, int):  # before any weights load
         _check_vocabulary(tokenizer, eos, vocab, path)
-    _check_decode_attention(path / "config.json", decode_attention)
+    _check_decode_attention(hf_config, decode_attention)
     try:
         model = models.load_hf(str(path), dtype=dtype, decode_attention=decode_attention)
     except ValueError as err:  # load_hf's errors name the file or tensor: a bad folder, not a bug
@@ -115,18 +115,11 @@ def resolve_model(path: str | Path, dtype=jnp.float32, decode_attention: str = "
     return LoadedModel(model, tokenizer, eos)
 
 
-def _check_decode_attention(config_json: Path, decode_attention: str) -> None:
+def _check_decode_attention(hf: dict, decode_attention: str) -> None:
     """--decode-attention pallas on a model whose heads the kernel cannot take: a usage error before weights load."""
-    if decode_attention != "pallas":
-        return
-    from tipjax.models import decode_kernel
+    from tipjax.config_checks import decode_kernel_misfit
 
-    try:
-        hf = json.loads(config_json.read_text())
-        cfg = models.ModelConfig.from_hf_dict(hf.get("text_config", hf))
-    except (OSError, ValueError, KeyError, TypeError):
-        return  # the loader names a malformed config; the sampler checks the kernel's shapes again
-    why = decode_kernel.misfit(cfg.num_heads, cfg.num_kv_heads, cfg.head_dim)
+    why = decode_kernel_misfit(hf) if decode_attention == "pallas" else None
     if why:
         raise cli.UsageError(f"decode_attention='pallas' {why}", "--decode-attention")
 

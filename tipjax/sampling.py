@@ -181,12 +181,8 @@ def _decode_loop(model, state: SamplerState, settings: DecodeSettings) -> Sample
     steps = loop_length(settings.max_new_tokens, k)
     total = settings.prompt_len + steps
     # Asked as if the cache were the kernel's (whole blocks): "auto" takes the kernel where it fits.
-    kernel = attention.resolve_decode_backend(cfg.decode_attention, attention.current_platform(), t=1,
-                                              s=attention.decode_cache_slots(total, "pallas"),
-                                              head_dim=cfg.head_dim, contiguous=True,
-                                              groups=cfg.num_heads // cfg.num_kv_heads,
-                                              cache_bytes=state.cache.k[0].dtype.itemsize,
-                                              here=attention.decode_kernel_suits_here())
+    kernel = attention.model_decode_backend(cfg, t=1, s=attention.decode_cache_slots(total, "pallas"),
+                                            contiguous=True, cache_dtype=state.cache.k[0].dtype)
     segments = 1 if kernel == "pallas" and settings.segments is None else settings.segments
     layers = model.decode_layers()  # sliced and stacked once here, not per layer and token inside the loop
     for end in sorted({loop_length(e, k) for e in segment_ends(steps, segments)}):

@@ -171,12 +171,18 @@ def resolve_decode_backend(requested: str, platform: str, *, t: int, s: int, hea
         if not fits:
             raise ValueError(f"decode_attention='pallas' needs one query per row, contiguous rows (starts), a cache "
                              f"length that is a multiple of {decode_kernel.DEFAULT.block} and power-of-two "
-                             f"head_dim >= 32 and "
-                             f"query heads per kv head; got t={t}, contiguous={contiguous}, s={s}, "
-                             f"head_dim={head_dim}, groups={groups}")
+                             f"head_dim >= 32 and query heads per kv head; got t={t}, contiguous={contiguous}, "
+                             f"s={s}, head_dim={head_dim}, groups={groups}")
         return "pallas"
     auto = platform == "cuda" and fits and cache_bytes == 2 and here
     return "pallas" if requested == "auto" and auto else "xla"
+
+
+def model_decode_backend(cfg, *, t: int, s: int, contiguous: bool, cache_dtype) -> str:
+    """resolve_decode_backend for a ModelConfig's cache read here (platform and devices of this trace)."""
+    return resolve_decode_backend(cfg.decode_attention, current_platform(), t=t, s=s, head_dim=cfg.head_dim,
+                                  contiguous=contiguous, groups=cfg.num_heads // cfg.num_kv_heads,
+                                  cache_bytes=jnp.dtype(cache_dtype).itemsize, here=decode_kernel_suits_here())
 
 
 def decode_kernel_suits_here() -> bool:

@@ -71,18 +71,23 @@ def auto_splits(programs: int, blocks: int) -> int:
     return splits
 
 
-def fits(groups: int, head_dim: int, slots: int) -> bool:
-    """Whether the kernel takes these shapes: Triton tensors have power-of-two sizes, and its dots contract over
+def heads_fit(groups: int, head_dim: int) -> bool:
+    """Whether the kernel takes these heads: Triton tensors have power-of-two sizes, and its dots contract over
     half a head (>= 16)."""
     pow2 = lambda n: n >= 1 and n & (n - 1) == 0
-    return pow2(groups) and pow2(head_dim) and head_dim >= 32 and slots % DEFAULT.block == 0
+    return pow2(groups) and pow2(head_dim) and head_dim >= 32
+
+
+def fits(groups: int, head_dim: int, slots: int, block: int | None = None) -> bool:
+    """Whether the kernel takes these heads and a cache of `slots`: whole blocks (default DEFAULT's)."""
+    return heads_fit(groups, head_dim) and slots % (block or DEFAULT.block) == 0
 
 
 def misfit(num_heads: int, num_kv_heads: int, head_dim: int) -> str | None:
     """Why the kernel cannot take a model's attention heads, as the tail of a one-line config error; None if it
     can (config_checks and eval ask before any weights load)."""
     groups = num_heads // num_kv_heads
-    if fits(groups, head_dim, DEFAULT.block):
+    if heads_fit(groups, head_dim):
         return None
     return (f"needs power-of-two query heads per kv head and head_dim >= 32; this model has {groups} and "
             f"{head_dim} (use 'auto')")
@@ -112,9 +117,9 @@ def attend(qkv: jax.Array, k_cache: jax.Array, v_cache: jax.Array, starts: jax.A
     b, kv, e, h = qkv.shape
     g, s = e - 2, k_cache.shape[2]
     tiling = tiling or DEFAULT
-    if not fits(g, h, s) or s % tiling.block:
+    if not fits(g, h, s, tiling.block):
         raise ValueError(f"the Pallas decode kernel needs power-of-two groups and head_dim >= 32 and slots a "
-                         f"multiple of {max(DEFAULT.block, tiling.block)}; got G={g}, H={h}, S={s}")
+                         f"multiple of {tiling.block}; got G={g}, H={h}, S={s}")
     if interpret is None:
         interpret = jax.default_backend() != "gpu"
     half = h // 2

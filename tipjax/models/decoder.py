@@ -291,11 +291,8 @@ class Decoder(nnx.Module):
         cfg = self.config
         if cache is None or cache.fresh:
             return False
-        return attn.resolve_decode_backend(cfg.decode_attention, attn.current_platform(), t=t, s=cache.k.shape[2],
-                                           head_dim=cfg.head_dim, contiguous=cache.starts is not None,
-                                           groups=cfg.num_heads // cfg.num_kv_heads,
-                                           cache_bytes=cache.k.dtype.itemsize,
-                                           here=attn.decode_kernel_suits_here()) == "pallas"
+        return attn.model_decode_backend(cfg, t=t, s=cache.k.shape[2], contiguous=cache.starts is not None,
+                                         cache_dtype=cache.k.dtype) == "pallas"
 
     def _stacked_qkv(self, blk: DecodeLayer, h: jax.Array) -> jax.Array:
         """h [B, T, D] -> [M = B * T, K, G + 2, H]: per kv head its G queries, its key and its value."""
