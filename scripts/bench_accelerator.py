@@ -21,6 +21,7 @@ are skipped once `--budget` seconds are spent; `--only` takes sections or row la
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -98,9 +99,7 @@ def worker_decode(args, smoke):
     tp, new = (8, 16) if smoke else (128, 512)
     rows = []
     for variant in args["variants"]:
-        if variant.get("tiling"):  # the decode kernel's launch settings, for this worker process only
-            from tipjax.models import decode_kernel
-            decode_kernel.DEFAULT = decode_kernel.Tiling(*variant["tiling"])
+        _set_tilings(variant)
         model_changes = variant.get("model", {})
         cfg = s_cfg.replace(param_dtype="bfloat16", compute_dtype="bfloat16", **model_changes)
         model = models.init(cfg, jax.random.PRNGKey(0))
@@ -111,6 +110,15 @@ def worker_decode(args, smoke):
             print(rows[-1], flush=True)
         del model
     return dict(rows=rows, prompt=tp, new=new)
+
+
+def _set_tilings(args: dict) -> None:
+    """The decode kernel's launch settings (16-bit and float8 caches), for this worker process only."""
+    from tipjax.models import decode_kernel
+    if args.get("tiling"):
+        decode_kernel.DEFAULT = decode_kernel.Tiling(*args["tiling"])
+    if args.get("tiling_float8"):
+        decode_kernel.DEFAULT_FLOAT8 = decode_kernel.Tiling(*args["tiling_float8"])
 
 
 def _decode_rows(model, cfg, variant, tp, new, smoke, rows):
@@ -219,6 +227,7 @@ def worker_train(args, smoke):
     from tipjax.config_schema import OptimSpec, RolloutSpec, SelectionSpec
 
     p, n, tp, new = (2, 2, 16, 32) if smoke else (8, 8, 256, 1024)
+    _set_tilings(args)
     s_cfg, t_cfg = _presets(smoke)
     s_cfg = s_cfg.replace(**{"param_dtype": "float32", "compute_dtype": "bfloat16", "remat": "full",
                              **args.get("student", {})})
@@ -255,7 +264,9 @@ def worker_train(args, smoke):
         jax.block_until_ready(metrics)
         steps.append(time.perf_counter() - t)
     step_s = float(np.median(steps[1:])) if len(steps) > 1 else steps[0]
-    out = dict(setup_s=setup_s, compile_s=compile_s, steps_s=steps, step_s=step_s, temp_gib=temp_gib,
+    from tipjax.models import decode_kernel
+    out = dict(tilings=[list(dataclasses.astuple(t)) for t in (decode_kernel.DEFAULT, decode_kernel.DEFAULT_FLOAT8)],
+               setup_s=setup_s, compile_s=compile_s, steps_s=steps, step_s=step_s, temp_gib=temp_gib,
                loss=float(metrics["loss"]), response_tokens=float(metrics["response_tokens"]))
     if args.get("rollout", True):
         rollout = jax.jit(step_lib.build_rollout(settings))
@@ -333,27 +344,36 @@ def worker_main(name: str, args: dict, smoke: bool) -> None:
 
 def plan():
     """In order of importance: a run stops starting rows once its budget is spent."""
-    xla = dict(decode_attention="xla")
+    xla, pallas = dict(decode_attention="xla"), dict(decode_attention="pallas")
     return [
         ("ceilings", "ceilings", "ceilings", {}, "new", {}, 10),
-        # "auto" decodes with tipjax's Pallas kernel on CUDA (run G: faster than xla at batch 8 and 64); the xla
-        # path stays measured as the portable fallback.
+        # The attention half alone, per tiling, over bf16 and float8 caches: its fastest tilings at batch 64 (the
+        # rollout's) are what the "BEST:" rows below run (run_plan fills them in).
+        ("kernel", "decode attention kernel", "kernel", {}, "new", {}, 80),
+        # "auto" decodes with tipjax's Pallas kernel on CUDA (run G: faster than xla at batch 8 and 64).
         ("decode", "decode new", "decode", dict(variants=[dict(name="defaults (auto: the Pallas kernel on CUDA)")]),
          "new", {}, 60),
-        ("decode", "decode new, xla", "decode",
-         dict(variants=[dict(name="xla attention, 8 tokens/iteration", model=xla)]), "new", {}, 60),
-        ("kernel", "decode attention kernel", "kernel", {}, "new", {}, 70),
-        # Run G's kernel row: block 64 beat the default 32 by 1-9% for the attention half alone.
-        ("decode", "decode new, kernel block 64", "decode",
-         dict(variants=[dict(name="the kernel, block 64, 4 warps, 2 stages, auto splits", tiling=[64, 4, 2, 0])]),
+        # The way under 4 s, by the byte count: 5.6 of a rollout step's 7 GB at batch 64 are KV, a float8 cache
+        # halves them, if the kernel reads float8 at bf16 speed (run H: it did not, at the default tiling).
+        ("decode", "decode new, kernel over float8, best tiling", "decode",
+         dict(variants=[dict(name="the kernel over a float8_e4m3fn cache, the kernel row's best tiling",
+                             model=pallas, generate=dict(cache_dtype="float8_e4m3fn"),
+                             tiling_float8="BEST:float8_e4m3fn")]), "new", {}, 50),
+        ("train", "train new, kernel over float8, best tiling", "train",
+         dict(steps=2, student=pallas, rollout_spec=dict(kv_cache_dtype="float8_e4m3fn"),
+              tiling_float8="BEST:float8_e4m3fn"), "new", {}, 110),
+        ("train", "train new", "train", dict(steps=2), "new", {}, 110),
+        ("decode", "decode new, kernel best bf16 tiling", "decode",
+         dict(variants=[dict(name="the kernel, the kernel row's best bf16 tiling", tiling="BEST:bfloat16")]),
          "new", {}, 45),
-        ("train", "train new", "train", dict(steps=2), "new", {}, 100),
         # Where batch 8's decode step goes (run G: 1.12 ms against a 0.48 ms bound). Profiled rows run without
         # command buffers: the profiler does not see the kernels of a CUDA graph one by one (run D: 63 of 353
         # kernels per decode step), so their timings are the no-graph ones.
         ("decode", "decode new, profiled, command buffers off", "decode",
          dict(variants=[dict(name="defaults, profiled", batches=[8, 64], profile="OUT/decode_profile")]), "new",
          {"XLA_FLAGS": NO_COMMAND_BUFFERS}, 50),
+        ("decode", "decode new, xla", "decode",
+         dict(variants=[dict(name="xla attention, 8 tokens/iteration", model=xla)]), "new", {}, 60),
         ("train", "train new, xla decode in the rollout", "train", dict(steps=2, student=xla), "new", {}, 100),
         # The rollout's one lever on bytes: a float8 KV cache halves what a step reads at long windows ("auto"
         # decodes it with xla: the kernel was slower over float8 in run G).
@@ -392,6 +412,25 @@ def plan():
     ]
 
 
+def _best_tilings(args, runs):
+    """"BEST:<cache dtype>" in a row's args -> the fastest kernel tiling at batch 64 for that cache in this run's
+    kernel row (the default tiling if the row did not run)."""
+    rows = [r for run in runs if run.get("section") == "kernel" for r in run.get("rows", [])]
+
+    def best(cache):
+        timed = [r for r in rows if r.get("cache") == cache and r.get("tiling") and "us_per_call" in r]
+        wide = [r for r in timed if r["batch"] == max(x["batch"] for x in timed)]
+        return min(wide, key=lambda r: r["us_per_call"])["tiling"] if wide else None
+
+    def fill(x):
+        if isinstance(x, dict):
+            return {k: fill(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return [fill(v) for v in x]
+        return best(x[len("BEST:"):]) if isinstance(x, str) and x.startswith("BEST:") else x
+    return fill(args)
+
+
 def run_plan(out_dir: Path, smoke: bool, baseline: str | None, budget: float, only: list[str]) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     results = dict(smoke=smoke, date=time.strftime("%Y-%m-%d"), runs=[])
@@ -409,6 +448,7 @@ def run_plan(out_dir: Path, smoke: bool, baseline: str | None, budget: float, on
         paths = [baseline if code == "baseline" else str(ROOT), str(ROOT / "scripts"), os.environ.get("PYTHONPATH", "")]
         env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
         args = json.loads(json.dumps(args).replace('"OUT/', json.dumps(str(out_dir) + "/")[:-1]))
+        args = _best_tilings(args, results["runs"])
         cmd = [sys.executable, __file__, "--worker", worker, "--args", json.dumps(args)]
         cmd += ["--smoke"] if smoke else []
         print(f"=== {label}", flush=True)

@@ -4,9 +4,9 @@
 
 Both sides start from the stacked q/k/v matmul's output [B, K, G + 2, H] (Qwen3-0.6B's 8 kv heads x (2 + 2)
 x 128, bf16) and end with the attention output and the key/value written into a [B, K, S, H] cache (bf16,
-then float8_e4m3fn with fewer tilings) of S = 1280 slots with 1024 filled (the OPD rollout's last segment): the xla path as the decoder runs it (q/k
-norm, rope, two in-place cache writes, scores, softmax, values: eight kernels on an H200) and the kernel (one
-launch). Each is timed inside one jitted `fori_loop` of 28 x 64 calls (a step's layers, many steps), each call
+then float8_e4m3fn) of S = 1280 slots with 1024 filled (the OPD rollout's last segment): the xla path as
+the decoder runs it (q/k norm, rope, two in-place cache writes, scores, softmax, values: eight kernels on an
+H200) and the kernel (one launch). Each is timed inside one jitted `fori_loop` of 28 x 64 calls (a step's layers, many steps), each call
 feeding the next, so launch gaps count as they do in the sampler; then one call of each is compared with the
 xla path's (output and written key, max |difference|: bf16 rounding, ~1e-2, is expected). Also the "kernel"
 row of scripts/bench_accelerator.py.
@@ -19,13 +19,16 @@ import functools
 import json
 import time
 
-# (block, num_warps, num_stages, splits; 0: auto_splits): the default, wider blocks, deeper pipelining, more
-# warps, and fixed flash-decoding splits (auto is 1 at batch 64, 4 at batch 8).
-TILINGS = ((32, 4, 2, 0), (64, 4, 2, 0), (64, 4, 3, 0), (128, 4, 2, 0), (64, 8, 3, 0), (32, 4, 2, 1), (64, 4, 2, 1),
-           (64, 4, 2, 8))
-# Over a float8 cache the kernel ran the rollout slower than xla (run H): where, and whether a tiling helps.
-TILINGS_FLOAT8 = ((32, 4, 2, 0), (64, 4, 2, 0), (64, 4, 3, 0), (64, 8, 3, 0))
-
+# (block, num_warps, num_stages, splits (0: auto_splits), float8 dot operands): the default, wider blocks, deeper
+# pipelining, more warps (run G: fixed splits lost to auto at batch 8 and tied at 64).
+TILINGS = ((32, 4, 2, 0, ""), (64, 4, 2, 0, ""), (64, 4, 3, 0, ""), (128, 4, 2, 0, ""), (64, 8, 3, 0, ""))
+# Over a float8 cache the kernel ran the rollout slower than xla (run H): whether the e4m3 -> bf16 conversion
+# (float16 operands: one PTX conversion per pair) or too few bytes in flight per iteration (wider blocks, more
+# stages) is why.
+TILINGS_FLOAT8 = ((32, 4, 2, 0, ""), (64, 4, 2, 0, ""), (64, 4, 3, 0, ""), (128, 4, 2, 0, ""), (64, 8, 3, 0, ""),
+                  (32, 4, 2, 0, "float16"), (64, 4, 2, 0, "float16"), (64, 4, 3, 0, "float16"),
+                  (128, 4, 2, 0, "float16"), (128, 4, 3, 0, "float16"), (128, 8, 3, 0, "float16"),
+                  (64, 8, 3, 0, "float16"))
 
 def run(smoke: bool) -> dict:
     import jax
@@ -62,13 +65,14 @@ def run(smoke: bool) -> dict:
                                         rope=ops.rope_cos_sin(positions, inv_freq), qk_norm=norm, eps=eps,
                                         tiling=tiling)
 
-        variants = [("xla path (8 kernels)", xla)] + [
-            (f"kernel block {blk}, {w} warps, {st} stages, {sp or 'auto'} splits",
-             functools.partial(kernel, decode_kernel.Tiling(blk, w, st, sp)))
-            for blk, w, st, sp in (tilings[:1] + tilings[-1:] if smoke else tilings)]
+        variants = [("xla path (8 kernels)", None, xla)] + [
+            (f"kernel block {t[0]}, {t[1]} warps, {t[2]} stages, {t[3] or 'auto'} splits"
+             + (f", {t[4]} operands" if t[4] else ""), list(t), functools.partial(kernel, decode_kernel.Tiling(*t)))
+            for t in (tilings[:1] + tilings[-1:] if smoke else tilings)]
         want = None
-        for name, fn in variants:
-            row = dict(variant=name, batch=b, cache=cache_dtype, **_time(fn, qkv, k_cache, v_cache, calls))
+        for name, tiling, fn in variants:
+            row = dict(variant=name, batch=b, cache=cache_dtype, tiling=tiling,
+                       **_time(fn, qkv, k_cache, v_cache, calls))
             try:  # the compiled kernel against the xla path, one call: output and the written cache slot
                 got = jax.jit(fn)(qkv, k_cache.copy(), v_cache.copy())
                 got = (got[0].astype(jnp.float32), got[1][:, :, index].astype(jnp.float32))

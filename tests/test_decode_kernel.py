@@ -120,6 +120,27 @@ def test_bf16_stays_close_and_keeps_dtypes():
     np.testing.assert_allclose(np.asarray(out, np.float64).reshape(B, KV * 2, H), want, atol=3e-2, rtol=3e-2)
 
 
+def test_float16_operands_over_a_float8_cache_equal_the_compute_dtype_ones():
+    """Over a float8 cache the dots may take float16 operands (Tiling.float8_operands): e4m3 values and the bf16
+    queries and probabilities are all exact in float16, so the output is the bf16-operand kernel's, and both
+    match the float64 reference over the float8 cache's values."""
+    from tipjax.models.cache import to_cache
+
+    qkv, k_cache, v_cache, norm, rope = case(2, 9, jnp.bfloat16)
+    k_cache, v_cache = to_cache(k_cache, jnp.float8_e4m3fn), to_cache(v_cache, jnp.float8_e4m3fn)
+    starts, index = np.array([0, 10, 40, 70]), 80
+    outs = []
+    for tiling in (decode_kernel.Tiling(), decode_kernel.Tiling(float8_operands="float16")):
+        out, k2, v2 = decode_kernel.attend(qkv, k_cache, v_cache, jnp.asarray(starts), jnp.int32(index), rope=rope,
+                                           qk_norm=norm, eps=EPS, tiling=tiling)
+        assert out.dtype == jnp.bfloat16 and k2.dtype == v2.dtype == jnp.float8_e4m3fn
+        outs.append(np.asarray(out, np.float64))
+    np.testing.assert_allclose(outs[1], outs[0], atol=1e-6)
+    _, _, want = expected(qkv, k_cache.astype(jnp.float32), v_cache.astype(jnp.float32), norm, rope, starts, index)
+    # the new key and value enter the cache in float8, so they differ from the reference's by e4m3 rounding
+    np.testing.assert_allclose(outs[1].reshape(B, KV * 2, H), want, atol=0.15, rtol=0.1)
+
+
 @pytest.mark.parametrize("groups, head_dim, slots", [(3, 16, 96), (2, 24, 96), (2, 16, 100), (2, 8, 96)])
 def test_shapes_triton_cannot_take_are_an_error(groups, head_dim, slots):
     assert not decode_kernel.fits(groups, head_dim, slots)
@@ -130,8 +151,9 @@ def test_shapes_triton_cannot_take_are_an_error(groups, head_dim, slots):
 
 
 @pytest.mark.parametrize("groups, splits", [(1, 1), (2, 1), (4, 1), (2, 4)])
-@pytest.mark.parametrize("cache_dtype", [jnp.bfloat16, jnp.float8_e4m3fn])
-def test_lowers_to_one_triton_kernel_for_cuda(groups, splits, cache_dtype):
+@pytest.mark.parametrize("cache_dtype, operands", [(jnp.bfloat16, ""), (jnp.float8_e4m3fn, ""),
+                                                   (jnp.float8_e4m3fn, "float16")])
+def test_lowers_to_one_triton_kernel_for_cuda(groups, splits, cache_dtype, operands):
     """The kernel at the OPD rollout's shapes (norm and rope on) lowers, on this CPU, to one Triton call for an
     H200: Pallas's lowering rules for Triton run here; Triton's own compiler runs only on a GPU."""
     b, kv, s, h = 64, 8, 1280, 128
@@ -142,7 +164,7 @@ def test_lowers_to_one_triton_kernel_for_cuda(groups, splits, cache_dtype):
 
     def run(qkv, k, v, starts, index, cos, sin, norm):
         return decode_kernel.attend(qkv, k, v, starts, index, rope=(cos, sin), qk_norm=norm, interpret=False,
-                                    tiling=decode_kernel.Tiling(splits=splits))
+                                    tiling=decode_kernel.Tiling(splits=splits, float8_operands=operands))
 
     # An abstract H200 to lower for (jax >= 0.11 asks the device for its compute capability).
     h200 = jax.sharding.AbstractDevice(device_kind="NVIDIA H200", num_cores=132, platform="gpu")

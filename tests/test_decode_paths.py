@@ -126,18 +126,23 @@ def test_sampler_paths_agree(arch):
         np.testing.assert_allclose(outs[name].logprobs, ref.logprobs, atol=1e-5, err_msg=name)
 
 
-def test_the_default_tiling_sizes_the_sampler_cache(monkeypatch):
-    """decode_kernel.DEFAULT is what the decoder launches and what the sampler rounds its cache to: with blocks of
-    64 the kernel path still draws xla's tokens (a 9-token prompt + 6 new: a 64-slot cache)."""
+@pytest.mark.parametrize("cache_dtype, default", [(None, "DEFAULT"), ("float8_e4m3fn", "DEFAULT_FLOAT8")])
+def test_the_default_tiling_sizes_the_sampler_cache(monkeypatch, cache_dtype, default):
+    """decode_kernel.DEFAULT (16-bit caches) and DEFAULT_FLOAT8 are what the decoder launches and what the sampler
+    rounds its cache to: with blocks of 64 the kernel path still draws xla's tokens (a 9-token prompt + 6 new: a
+    64-slot cache), over a float8 cache with float16 dot operands too."""
     from tipjax.models import decode_kernel
 
-    cfg = models.ModelConfig.from_hf_dict(_HF)
+    cfg = models.ModelConfig.from_hf_dict(_HF).replace(compute_dtype="bfloat16")
     prompt = jnp.asarray(np.random.default_rng(2).integers(3, 96, (2, 9)), jnp.int32)
     mask = jnp.asarray(np.arange(9)[None] >= np.array([0, 4])[:, None], jnp.int32)
-    kw = dict(max_new_tokens=6, temperature=1.0, eos_token_id=5, rng=jax.random.key(5))
+    kw = dict(max_new_tokens=6, temperature=1.0, eos_token_id=5, rng=jax.random.key(5), cache_dtype=cache_dtype)
     xla = sampling.generate(models.init(cfg.replace(decode_attention="xla"), jax.random.key(2)), prompt, mask, **kw)
-    monkeypatch.setattr(decode_kernel, "DEFAULT", decode_kernel.Tiling(block=64, num_warps=8, num_stages=3))
-    assert attention.decode_cache_slots(15, "pallas") == 64 and attention.decode_cache_slots(15, "xla") == 15
+    tiling = decode_kernel.Tiling(block=64, num_warps=8, num_stages=3, float8_operands="float16")
+    monkeypatch.setattr(decode_kernel, default, tiling)
+    other = 1 if cache_dtype is None else 2  # the other default keeps its block of 32
+    assert attention.decode_cache_slots(15, "pallas", 3 - other) == 64
+    assert attention.decode_cache_slots(15, "pallas", other) == 32 and attention.decode_cache_slots(15, "xla") == 15
     model = models.init(cfg.replace(decode_attention="pallas"), jax.random.key(2))
     jax.clear_caches()
     try:
@@ -145,9 +150,10 @@ def test_the_default_tiling_sizes_the_sampler_cache(monkeypatch):
         got = sampling.generate(model, prompt, mask, **kw)
     finally:
         jax.clear_caches()
-    assert "num_warps=8" in text and "num_stages=3" in text and "num_warps=4" not in text  # DEFAULT's launch
+    assert "num_warps=8" in text and "num_stages=3" in text and "num_warps=4" not in text  # the default's launch
+    assert bool(re.search(r"\bf16\[", text)) == (cache_dtype is not None)  # float16 dot operands over float8 only
     np.testing.assert_array_equal(got.tokens, xla.tokens)
-    np.testing.assert_allclose(got.logprobs, xla.logprobs, atol=1e-5)
+    np.testing.assert_allclose(got.logprobs, xla.logprobs, atol=1e-2)  # bf16 compute: rounding apart
 
 
 @pytest.mark.parametrize("cache_dtype", [None, "float8_e4m3fn"])

@@ -156,21 +156,22 @@ def resolve_decode_backend(requested: str, platform: str, *, t: int, s: int, hea
     """The backend of a cache read: "xla" or "pallas". Pure, so every case is testable on CPU.
 
     "pallas" needs a one-token read (t == 1) of a cache whose rows are contiguous (LayerCache.starts given),
-    whose length is a multiple of the kernel's block (decode_kernel.DEFAULT), with a power-of-two head_dim >= 32
+    whose length is a multiple of the kernel's block (decode_kernel.default_tiling), with a power-of-two head_dim >= 32
     and query heads per kv head (Triton tensor shapes); requested where it cannot run, it is an error. "auto"
     takes it on CUDA where it fits, the cache's elements are `cache_bytes` = 2 bytes (bf16/fp16: where it was
     measured faster) and it suits the devices `here` (decode_kernel_suits_here: Hopper, per device), else xla.
     """
     if requested not in DECODE_ATTENTION_BACKENDS:
         raise ValueError(f"decode attention backend {requested!r} is not one of {DECODE_ATTENTION_BACKENDS}")
-    fits = t == 1 and contiguous and decode_kernel.fits(groups, head_dim, s)
+    block = decode_kernel.default_tiling(cache_bytes).block
+    fits = t == 1 and contiguous and decode_kernel.fits(groups, head_dim, s, block)
     if requested == "pallas" and platform == "tpu":
         raise ValueError("decode_attention='pallas' is a Triton kernel for GPUs (interpret mode elsewhere, for tests); "
                          "on TPU use 'xla' or 'auto'")
     if requested == "pallas":
         if not fits:
             raise ValueError(f"decode_attention='pallas' needs one query per row, contiguous rows (starts), a cache "
-                             f"length that is a multiple of {decode_kernel.DEFAULT.block} and power-of-two "
+                             f"length that is a multiple of {block} and power-of-two "
                              f"head_dim >= 32 and query heads per kv head; got t={t}, contiguous={contiguous}, "
                              f"s={s}, head_dim={head_dim}, groups={groups}")
         return "pallas"
@@ -196,10 +197,11 @@ def decode_kernel_suits_here() -> bool:
     return per_device and getattr(jax.devices()[0], "compute_capability", "0").split(".")[0] == "9"
 
 
-def decode_cache_slots(total: int, decode_backend: str) -> int:
-    """KV-cache length for `total` tokens: whole blocks of the Pallas kernel's tiling (decode_kernel.DEFAULT; the
-    slots past `total` are never written or read), exactly `total` otherwise (padding only costs xla time)."""
-    block = decode_kernel.DEFAULT.block if decode_backend == "pallas" else 1
+def decode_cache_slots(total: int, decode_backend: str, cache_bytes: int = 2) -> int:
+    """KV-cache length for `total` tokens: whole blocks of the Pallas kernel's tiling for the cache's element size
+    (decode_kernel.default_tiling; the slots past `total` are never written or read), exactly `total` otherwise
+    (padding only costs xla time)."""
+    block = decode_kernel.default_tiling(cache_bytes).block if decode_backend == "pallas" else 1
     return -(-total // block) * block
 
 

@@ -53,11 +53,20 @@ class Tiling:
     num_stages: int = 2
     splits: int = 0  # programs per row and kv head, each over a share of the filled slots, combined after;
                      # 0: auto_splits
+    float8_operands: str = ""  # the dots' operand dtype over a float8 cache ("": the compute dtype); "float16":
+                               # e4m3 -> f16 is one PTX conversion per pair on Hopper, exact for cache values
 
 
-# The decoder's launch settings (run G: block 64 was 1-9% faster than 32 for the attention half alone; the
-# sampler rows measured 32). scripts/bench_accelerator.py replaces it in its own worker process to time others.
+# The decoder's launch settings, for 16-bit and for float8 caches (run G: block 64 was 1-9% faster than 32 for
+# the attention half alone; the sampler rows measured 32). scripts/bench_accelerator.py replaces them in its
+# own worker process to time others.
 DEFAULT = Tiling()
+DEFAULT_FLOAT8 = Tiling()
+
+
+def default_tiling(cache_bytes: int) -> Tiling:
+    """The launch settings for a cache of `cache_bytes`-byte elements."""
+    return DEFAULT_FLOAT8 if cache_bytes == 1 else DEFAULT
 
 PROGRAMS = 256  # enough programs to keep an H100/H200's 132 SMs busy (two each, near enough)
 
@@ -108,7 +117,8 @@ def attend(qkv: jax.Array, k_cache: jax.Array, v_cache: jax.Array, starts: jax.A
       rope: (cos, sin) [B, H/2] fp32 of each row's position, or None (q and k are used as given).
       qk_norm: [G + 1, H] (DecodeLayer.qk_norm) or None; eps its epsilon.
       interpret: Pallas interpret mode; default: off on GPUs (CUDA or ROCm), on elsewhere.
-      tiling: Triton launch settings (default DEFAULT); S must be a multiple of tiling.block.
+      tiling: Triton launch settings (default: default_tiling of the cache's element size); S must be a multiple
+        of tiling.block.
     On a device mesh, call it under `jax.set_mesh` (the trainer does): the kernel then runs under shard_map per
     device. Without a mesh context XLA would gather sharded operands for the Triton call.
     Returns:
@@ -116,7 +126,7 @@ def attend(qkv: jax.Array, k_cache: jax.Array, v_cache: jax.Array, starts: jax.A
     """
     b, kv, e, h = qkv.shape
     g, s = e - 2, k_cache.shape[2]
-    tiling = tiling or DEFAULT
+    tiling = tiling or default_tiling(jnp.dtype(k_cache.dtype).itemsize)
     if not fits(g, h, s, tiling.block):
         raise ValueError(f"the Pallas decode kernel needs power-of-two groups and head_dim >= 32 and slots a "
                          f"multiple of {tiling.block}; got G={g}, H={h}, S={s}")
@@ -147,8 +157,11 @@ def _call(starts, index, qkv, cos, sin, norm, k_cache, v_cache, *, scale, eps, n
     b, kv, e, h = qkv.shape
     g, s, half = e - 2, k_cache.shape[2], h // 2
     splits = tiling.splits or auto_splits(b * kv, s // tiling.block)  # shapes here are per device on a mesh
+    operands = qkv.dtype  # float16 operands over float8 only: bf16 -> f16 would round 16-bit cache values
+    if tiling.float8_operands and jnp.dtype(k_cache.dtype).itemsize == 1 and qkv.dtype != jnp.float32:
+        operands = jnp.dtype(tiling.float8_operands)
     kernel = functools.partial(_kernel, groups=g, half=half, scale=scale, eps=eps, normed=normed, rotated=rotated,
-                               block=tiling.block, splits=splits)
+                               block=tiling.block, splits=splits, operands=operands)
     slab = lambda i, j, k: (i, j, 0, 0)
     if splits == 1:  # the kernel normalises its own output
         parts = [pl.BlockSpec((None, None, g, h), slab)], [jax.ShapeDtypeStruct((b, kv, g, h), qkv.dtype)]
@@ -191,7 +204,7 @@ def _call(starts, index, qkv, cos, sin, norm, k_cache, v_cache, *, scale, eps, n
 
 
 def _kernel(starts_ref, index_ref, qkv_ref, cos_ref, sin_ref, norm_ref, k_ref, v_ref, *refs,
-            groups, half, scale, eps, normed, rotated, block, splits):
+            groups, half, scale, eps, normed, rotated, block, splits, operands):
     out_refs, (ko_ref, vo_ref) = refs[:-2], refs[-2:]  # (out,) or (acc, max, normaliser) per split
     f32, dtype = jnp.float32, qkv_ref.dtype
     first = pl.program_id(2) == 0
@@ -228,7 +241,8 @@ def _kernel(starts_ref, index_ref, qkv_ref, cos_ref, sin_ref, norm_ref, k_ref, v
     rows = max(ROWS, g)
     widen = lambda x: _select_rows(x, jnp.arange(rows)[:, None] == jnp.arange(g)[None, :])     # [G, ..] -> [M, ..]
     narrow = lambda x: _select_rows(x, jnp.arange(g)[:, None] == jnp.arange(rows)[None, :])    # [M, ..] -> [G, ..]
-    qm1, qm2 = widen(q1).astype(dtype), widen(q2).astype(dtype)  # exact: q was rounded to dtype above
+    # exact: q was rounded to dtype above (to float16 operands too, but for |q| < 2^-14: sub-normal there)
+    qm1, qm2 = widen(q1).astype(operands), widen(q2).astype(operands)
 
     # The new slot first (always visible) in split 0, so its running max is finite and its normaliser >= 1;
     # other splits start empty (max -inf, normaliser 0).
@@ -245,8 +259,8 @@ def _kernel(starts_ref, index_ref, qkv_ref, cos_ref, sin_ref, norm_ref, k_ref, v
         m, norm, acc = carry
         at = pl.multiple_of(j * block, block)
         slots = pl.ds(at, block)
-        keys1, keys2 = k_ref[slots, lo].astype(dtype), k_ref[slots, hi].astype(dtype)  # [BLOCK, H/2]
-        values = v_ref[slots, :].astype(dtype)                                         # [BLOCK, H]
+        keys1, keys2 = k_ref[slots, lo].astype(operands), k_ref[slots, hi].astype(operands)  # [BLOCK, H/2]
+        values = v_ref[slots, :].astype(operands)                                            # [BLOCK, H]
         at_slot = at + jnp.arange(block)
         seen = (at_slot >= start) & (at_slot < index)                                  # the new slot: above
         scores = dot(qm1, keys1, 1) + dot(qm2, keys2, 1)                          # [M, BLOCK] fp32
@@ -256,7 +270,7 @@ def _kernel(starts_ref, index_ref, qkv_ref, cos_ref, sin_ref, norm_ref, k_ref, v
         p = jnp.exp(scores - shift[:, None])
         fade = jnp.exp(m - shift)
         # probabilities in the compute dtype for the value dot, as the xla path rounds its softmax
-        acc = acc * fade[:, None] + dot(p.astype(dtype), values, 0)
+        acc = acc * fade[:, None] + dot(p.astype(dtype).astype(operands), values, 0)
         return m_next, norm * fade + jnp.sum(p, -1), acc
 
     lo_block, hi_block = start // block, (index + block - 1) // block
