@@ -75,7 +75,9 @@ def test_attend_equals_reference(groups, index, starts, norm_rope):
 
 
 @pytest.mark.parametrize("tiling", [decode_kernel.Tiling(block=64, num_warps=8, num_stages=3),
-                                    decode_kernel.Tiling(block=128, num_warps=4, num_stages=1)])
+                                    decode_kernel.Tiling(block=128, num_warps=4, num_stages=1),
+                                    decode_kernel.Tiling(block=64, transposed=True),
+                                    decode_kernel.Tiling(block=64, splits=3, transposed=True)])
 def test_other_tilings_equal_reference(tiling):
     qkv, k_cache, v_cache, norm, rope = case(2, 11)
     k_cache, v_cache = (jnp.concatenate([x, x[:, :, :32]], axis=2) for x in (k_cache, v_cache))  # 128 slots
@@ -130,12 +132,14 @@ def test_float16_operands_over_a_float8_cache_equal_the_compute_dtype_ones():
     k_cache, v_cache = to_cache(k_cache, jnp.float8_e4m3fn), to_cache(v_cache, jnp.float8_e4m3fn)
     starts, index = np.array([0, 10, 40, 70]), 80
     outs = []
-    for tiling in (decode_kernel.Tiling(), decode_kernel.Tiling(float8_operands="float16")):
+    for tiling in (decode_kernel.Tiling(), decode_kernel.Tiling(float8_operands="float16"),
+                   decode_kernel.Tiling(float8_operands="float16", transposed=True)):
         out, k2, v2 = decode_kernel.attend(qkv, k_cache, v_cache, jnp.asarray(starts), jnp.int32(index), rope=rope,
                                            qk_norm=norm, eps=EPS, tiling=tiling)
         assert out.dtype == jnp.bfloat16 and k2.dtype == v2.dtype == jnp.float8_e4m3fn
         outs.append(np.asarray(out, np.float64))
     np.testing.assert_allclose(outs[1], outs[0], atol=1e-6)
+    np.testing.assert_allclose(outs[2], outs[0], atol=1e-2)  # summed in another order: bf16 output rounding
     _, _, want = expected(qkv, k_cache.astype(jnp.float32), v_cache.astype(jnp.float32), norm, rope, starts, index)
     # the new key and value enter the cache in float8, so they differ from the reference's by e4m3 rounding
     np.testing.assert_allclose(outs[1].reshape(B, KV * 2, H), want, atol=0.15, rtol=0.1)
@@ -151,9 +155,10 @@ def test_shapes_triton_cannot_take_are_an_error(groups, head_dim, slots):
 
 
 @pytest.mark.parametrize("groups, splits", [(1, 1), (2, 1), (4, 1), (2, 4)])
-@pytest.mark.parametrize("cache_dtype, operands", [(jnp.bfloat16, ""), (jnp.float8_e4m3fn, ""),
-                                                   (jnp.float8_e4m3fn, "float16")])
-def test_lowers_to_one_triton_kernel_for_cuda(groups, splits, cache_dtype, operands):
+@pytest.mark.parametrize("cache_dtype, operands, transposed", [
+    (jnp.bfloat16, "", False), (jnp.float8_e4m3fn, "", False), (jnp.float8_e4m3fn, "float16", False),
+    (jnp.bfloat16, "", True), (jnp.float8_e4m3fn, "float16", True)])
+def test_lowers_to_one_triton_kernel_for_cuda(groups, splits, cache_dtype, operands, transposed):
     """The kernel at the OPD rollout's shapes (norm and rope on) lowers, on this CPU, to one Triton call for an
     H200: Pallas's lowering rules for Triton run here; Triton's own compiler runs only on a GPU."""
     b, kv, s, h = 64, 8, 1280, 128
@@ -164,7 +169,8 @@ def test_lowers_to_one_triton_kernel_for_cuda(groups, splits, cache_dtype, opera
 
     def run(qkv, k, v, starts, index, cos, sin, norm):
         return decode_kernel.attend(qkv, k, v, starts, index, rope=(cos, sin), qk_norm=norm, interpret=False,
-                                    tiling=decode_kernel.Tiling(splits=splits, float8_operands=operands))
+                                    tiling=decode_kernel.Tiling(splits=splits, float8_operands=operands,
+                                                                transposed=transposed))
 
     # An abstract H200 to lower for (jax >= 0.11 asks the device for its compute capability).
     h200 = jax.sharding.AbstractDevice(device_kind="NVIDIA H200", num_cores=132, platform="gpu")

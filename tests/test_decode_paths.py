@@ -58,7 +58,8 @@ def test_cached_attention_pallas_equals_xla():
 
 @pytest.mark.parametrize("requested, platform, kw, expected", [
     ("auto", "cuda", dict(t=1, s=640, head_dim=128, contiguous=True, groups=2), "pallas"),  # measured faster
-    ("auto", "cuda", dict(t=1, s=640, head_dim=128, contiguous=True, cache_bytes=1), "xla"),  # float8: slower
+    ("auto", "cuda", dict(t=1, s=640, head_dim=128, contiguous=True, cache_bytes=1), "pallas"),  # float8: faster
+    ("auto", "cuda", dict(t=1, s=576, head_dim=128, contiguous=True, cache_bytes=1), "xla"),  # not float8 blocks
     ("auto", "cuda", dict(t=1, s=640, head_dim=128, contiguous=True, cache_bytes=4), "xla"),  # fp32: not measured
     ("auto", "cuda", dict(t=1, s=640, head_dim=128, contiguous=True, groups=3), "xla"),  # not a power of two
     ("auto", "rocm", dict(t=1, s=640, head_dim=128, contiguous=True), "xla"),     # not measured
@@ -139,10 +140,11 @@ def test_the_default_tiling_sizes_the_sampler_cache(monkeypatch, cache_dtype, de
     kw = dict(max_new_tokens=6, temperature=1.0, eos_token_id=5, rng=jax.random.key(5), cache_dtype=cache_dtype)
     xla = sampling.generate(models.init(cfg.replace(decode_attention="xla"), jax.random.key(2)), prompt, mask, **kw)
     tiling = decode_kernel.Tiling(block=64, num_warps=8, num_stages=3, float8_operands="float16")
+    other = 1 if cache_dtype is None else 2
+    kept = decode_kernel.default_tiling(other).block  # the other default keeps its block
     monkeypatch.setattr(decode_kernel, default, tiling)
-    other = 1 if cache_dtype is None else 2  # the other default keeps its block of 32
     assert attention.decode_cache_slots(15, "pallas", 3 - other) == 64
-    assert attention.decode_cache_slots(15, "pallas", other) == 32 and attention.decode_cache_slots(15, "xla") == 15
+    assert attention.decode_cache_slots(15, "pallas", other) == kept and attention.decode_cache_slots(15, "xla") == 15
     model = models.init(cfg.replace(decode_attention="pallas"), jax.random.key(2))
     jax.clear_caches()
     try:
@@ -156,11 +158,12 @@ def test_the_default_tiling_sizes_the_sampler_cache(monkeypatch, cache_dtype, de
     np.testing.assert_allclose(got.logprobs, xla.logprobs, atol=1e-2)  # bf16 compute: rounding apart
 
 
-@pytest.mark.parametrize("cache_dtype", [None, "float8_e4m3fn"])
-def test_auto_takes_the_kernel_on_cuda_for_16_bit_caches(monkeypatch, cache_dtype):
+@pytest.mark.parametrize("cache_dtype", [None, "float8_e4m3fn", "float32"])
+def test_auto_takes_the_kernel_on_cuda_for_16_bit_and_float8_caches(monkeypatch, cache_dtype):
     """"auto" on CUDA (the platform faked; the kernel runs in interpret mode here): the sampler decodes through
-    the kernel, in one segment, and draws what xla draws; over a float8 cache it stays on xla. This process has
-    8 CPU devices, so the kernel needs a mesh context (one device here) to run per device."""
+    the kernel, in one segment, and draws what xla draws, over a bf16 or a float8 cache (float16 operands); over
+    an fp32 cache (not measured) it stays on xla. This process has 8 CPU devices, so the kernel needs a mesh
+    context (one device here) to run per device."""
     cfg = models.ModelConfig.from_hf_dict(_HF).replace(compute_dtype="bfloat16", attention="xla")  # no cuDNN here
     prompt = jnp.asarray(np.random.default_rng(1).integers(3, 96, (2, 9)), jnp.int32)
     mask = jnp.asarray(np.arange(9)[None] >= np.array([0, 4])[:, None], jnp.int32)
@@ -177,7 +180,7 @@ def test_auto_takes_the_kernel_on_cuda_for_16_bit_caches(monkeypatch, cache_dtyp
     finally:
         jax.clear_caches()
     assert "tipjax_decode_attention" not in unmeshed  # 8 devices and no mesh context: XLA would gather for it
-    assert ("tipjax_decode_attention" in text) == (cache_dtype is None)
+    assert ("tipjax_decode_attention" in text) == (cache_dtype != "float32")
     np.testing.assert_array_equal(got.tokens, xla.tokens)
     np.testing.assert_allclose(got.logprobs, xla.logprobs, atol=2e-2)  # bf16 rounding of the two paths
 

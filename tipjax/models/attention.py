@@ -22,11 +22,12 @@ Decode (ModelConfig.decode_attention): one new query per row against the cache.
               the new key/value into the cache and attends, each row reading only its filled slots
               [start, index]; off GPU it runs in Pallas interpret mode (tests).
   "auto"      the kernel on Hopper GPUs where it fits (one-token reads of a whole-block cache with contiguous
-              rows, power-of-two heads per kv head and head_dim >= 32), the cache is 16-bit, and there is one
-              device or a mesh context (decode_kernel_suits_here), else xla. On an H200 it took Qwen3-0.6B
-              decode from 2.44 to 1.97 ms per step at batch 64 (1.26 to 1.12 at batch 8) and the OPD step
-              from 4.80 to 4.30 s; over a float8 cache it was slower than xla (rollout 3.41 vs 2.66 s); other
-              GPUs are not measured (docs/performance.md, "Accelerator").
+              rows, power-of-two heads per kv head and head_dim >= 32), the cache is 16-bit or float8, and
+              there is one device or a mesh context (decode_kernel_suits_here), else xla. On an H200 it took
+              Qwen3-0.6B decode from 2.39 to 1.98 ms per step at batch 64 (1.26 to 1.11 at batch 8) and the OPD
+              step from 4.88 to 4.36 s; over a float8 cache (float16 dot operands, blocks of 128) the step took
+              4.00-4.10 s, where xla over float8 took 4.18 s. Other GPUs are not measured (docs/performance.md,
+              "Accelerator").
 
 cuDNN's query/key lengths assume right padding, and tipjax's prompts are left padded, so the cudnn path
 never passes lengths: a mask with padding, a cache offset or segments goes in as a dense [B, 1, T, S]
@@ -158,8 +159,9 @@ def resolve_decode_backend(requested: str, platform: str, *, t: int, s: int, hea
     "pallas" needs a one-token read (t == 1) of a cache whose rows are contiguous (LayerCache.starts given),
     whose length is a multiple of the kernel's block (decode_kernel.default_tiling), with a power-of-two head_dim >= 32
     and query heads per kv head (Triton tensor shapes); requested where it cannot run, it is an error. "auto"
-    takes it on CUDA where it fits, the cache's elements are `cache_bytes` = 2 bytes (bf16/fp16: where it was
-    measured faster) and it suits the devices `here` (decode_kernel_suits_here: Hopper, per device), else xla.
+    takes it on CUDA where it fits, the cache's elements are `cache_bytes` = 2 or 1 bytes (bf16/fp16 or float8:
+    where it was measured faster; fp32 was not) and it suits the devices `here` (decode_kernel_suits_here:
+    Hopper, per device), else xla.
     """
     if requested not in DECODE_ATTENTION_BACKENDS:
         raise ValueError(f"decode attention backend {requested!r} is not one of {DECODE_ATTENTION_BACKENDS}")
@@ -175,7 +177,7 @@ def resolve_decode_backend(requested: str, platform: str, *, t: int, s: int, hea
                              f"head_dim >= 32 and query heads per kv head; got t={t}, contiguous={contiguous}, "
                              f"s={s}, head_dim={head_dim}, groups={groups}")
         return "pallas"
-    auto = platform == "cuda" and fits and cache_bytes == 2 and here
+    auto = platform == "cuda" and fits and cache_bytes in (1, 2) and here
     return "pallas" if requested == "auto" and auto else "xla"
 
 

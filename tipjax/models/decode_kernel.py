@@ -15,7 +15,8 @@ tensor-core dots, the G queries padded to 16 rows. (The first version multiplied
 as G is only 1-8 rows: on an H200 it ran 2-5x slower than the xla path, Triton's reductions over 3-D register
 tiles being the cost.) Heads are handled as two halves [.., H/2] throughout, so the rotation needs no shuffle
 of a register tensor. The new key and value enter from registers: a program never reads the slot it writes.
-The cache may be stored in any cache dtype (float8 works, but ran slower than xla over float8 on the H200).
+The cache may be stored in any cache dtype; over float8 the dots take float16 operands (DEFAULT_FLOAT8: the
+e4m3 -> bf16 conversion made the kernel slower than xla on an H200, e4m3 -> f16 made it 16% faster).
 
 Lowered by Pallas to Triton on GPUs; anywhere else it runs in Pallas interpret mode (the tests' reference path).
 jax 0.11 deprecates Pallas's Triton backend in favour of Mosaic GPU (a warning at lowering); it works in the jax
@@ -55,13 +56,18 @@ class Tiling:
                      # 0: auto_splits
     float8_operands: str = ""  # the dots' operand dtype over a float8 cache ("": the compute dtype); "float16":
                                # e4m3 -> f16 is one PTX conversion per pair on Hopper, exact for cache values
+    transposed: bool = False   # scores as [BLOCK, M] (keys and values the dots' left operands): a Hopper wgmma's
+                               # 64-row side is then the cache block, not 16 padded queries, and converted
+                               # keys may enter it from registers (not measured yet)
 
 
-# The decoder's launch settings, for 16-bit and for float8 caches (run G: block 64 was 1-9% faster than 32 for
-# the attention half alone; the sampler rows measured 32). scripts/bench_accelerator.py replaces them in its
-# own worker process to time others.
+# The decoder's launch settings, for 16-bit and for float8 caches; scripts/bench_accelerator.py replaces them in
+# its own worker process to time others. 16-bit (runs G, I): block 64 was 1-4% faster than 32 for the attention
+# half alone and 0-1.5% in the sampler, within noise. float8 (run I, the attention half at batch 64, 1024 of 1280
+# slots filled): bf16 operands at this tiling 101.5 us, xla 67.1, float16 operands 56.1 (bf16 cache: 76.3); the
+# OPD step with it 4.00-4.10 s.
 DEFAULT = Tiling()
-DEFAULT_FLOAT8 = Tiling()
+DEFAULT_FLOAT8 = Tiling(block=128, num_warps=4, num_stages=3, float8_operands="float16")
 
 
 def default_tiling(cache_bytes: int) -> Tiling:
@@ -161,7 +167,8 @@ def _call(starts, index, qkv, cos, sin, norm, k_cache, v_cache, *, scale, eps, n
     if tiling.float8_operands and jnp.dtype(k_cache.dtype).itemsize == 1 and qkv.dtype != jnp.float32:
         operands = jnp.dtype(tiling.float8_operands)
     kernel = functools.partial(_kernel, groups=g, half=half, scale=scale, eps=eps, normed=normed, rotated=rotated,
-                               block=tiling.block, splits=splits, operands=operands)
+                               block=tiling.block, splits=splits, operands=operands,
+                               transposed=tiling.transposed)
     slab = lambda i, j, k: (i, j, 0, 0)
     if splits == 1:  # the kernel normalises its own output
         parts = [pl.BlockSpec((None, None, g, h), slab)], [jax.ShapeDtypeStruct((b, kv, g, h), qkv.dtype)]
@@ -204,7 +211,7 @@ def _call(starts, index, qkv, cos, sin, norm, k_cache, v_cache, *, scale, eps, n
 
 
 def _kernel(starts_ref, index_ref, qkv_ref, cos_ref, sin_ref, norm_ref, k_ref, v_ref, *refs,
-            groups, half, scale, eps, normed, rotated, block, splits, operands):
+            groups, half, scale, eps, normed, rotated, block, splits, operands, transposed):
     out_refs, (ko_ref, vo_ref) = refs[:-2], refs[-2:]  # (out,) or (acc, max, normaliser) per split
     f32, dtype = jnp.float32, qkv_ref.dtype
     first = pl.program_id(2) == 0
@@ -251,9 +258,22 @@ def _kernel(starts_ref, index_ref, qkv_ref, cos_ref, sin_ref, norm_ref, k_ref, v
     m = widen(s_new) + jnp.log(own)  # [M], -inf outside split 0
     norm = jnp.zeros((rows,), f32) + own
     acc = jnp.broadcast_to(v_new.astype(f32), (rows, 2 * half)) * own
+    if transposed:  # [H, M]
+        acc = jnp.broadcast_to(v_new.astype(f32).T, (2 * half, rows)) * own
     precision = jax.lax.Precision.HIGHEST if dtype == jnp.float32 else None  # fp32 models: no TF32
-    dot = lambda a, b, b_dim: jax.lax.dot_general(a, b, (((1,), (b_dim,)), ((), ())), precision=precision,
-                                                  preferred_element_type=f32)
+    dot = lambda a, b, a_dim, b_dim: jax.lax.dot_general(a, b, (((a_dim,), (b_dim,)), ((), ())),
+                                                         precision=precision, preferred_element_type=f32)
+
+    def step_transposed(m, norm, acc, keys1, keys2, values, seen):
+        # The same with the cache block as the dots' wide side: scores [BLOCK, M], acc [H, M].
+        scores = dot(keys1, qm1, 1, 1) + dot(keys2, qm2, 1, 1)
+        scores = jnp.where(jnp.broadcast_to(seen[:, None], scores.shape), scores, -jnp.inf)
+        m_next = jnp.maximum(m, jnp.max(scores, 0))
+        shift = jnp.where(m_next == -jnp.inf, 0.0, m_next)
+        p = jnp.exp(scores - shift[None, :])
+        fade = jnp.exp(m - shift)
+        acc = acc * fade[None, :] + dot(values, p.astype(dtype).astype(operands), 0, 0)
+        return m_next, norm * fade + jnp.sum(p, 0), acc
 
     def step(j, carry):
         m, norm, acc = carry
@@ -263,20 +283,23 @@ def _kernel(starts_ref, index_ref, qkv_ref, cos_ref, sin_ref, norm_ref, k_ref, v
         values = v_ref[slots, :].astype(operands)                                            # [BLOCK, H]
         at_slot = at + jnp.arange(block)
         seen = (at_slot >= start) & (at_slot < index)                                  # the new slot: above
-        scores = dot(qm1, keys1, 1) + dot(qm2, keys2, 1)                          # [M, BLOCK] fp32
+        if transposed:
+            return step_transposed(m, norm, acc, keys1, keys2, values, seen)
+        scores = dot(qm1, keys1, 1, 1) + dot(qm2, keys2, 1, 1)                    # [M, BLOCK] fp32
         scores = jnp.where(jnp.broadcast_to(seen[None, :], scores.shape), scores, -jnp.inf)
         m_next = jnp.maximum(m, jnp.max(scores, -1))
         shift = jnp.where(m_next == -jnp.inf, 0.0, m_next)  # a split that has seen nothing yet: no inf - inf
         p = jnp.exp(scores - shift[:, None])
         fade = jnp.exp(m - shift)
         # probabilities in the compute dtype for the value dot, as the xla path rounds its softmax
-        acc = acc * fade[:, None] + dot(p.astype(dtype).astype(operands), values, 0)
+        acc = acc * fade[:, None] + dot(p.astype(dtype).astype(operands), values, 1, 0)
         return m_next, norm * fade + jnp.sum(p, -1), acc
 
     lo_block, hi_block = start // block, (index + block - 1) // block
     share = (hi_block - lo_block + splits - 1) // splits  # blocks per split
     mine = lo_block + pl.program_id(2) * share
     m, norm, acc = jax.lax.fori_loop(mine, jnp.minimum(mine + share, hi_block), step, (m, norm, acc))
+    acc = acc.T if transposed else acc
     if splits == 1:
         out_refs[0][...] = narrow(acc / norm[:, None]).astype(out_refs[0].dtype)
     else:
