@@ -36,6 +36,10 @@ def get_config(arg=None):
     c.rollout.max_new_tokens = 8192
     c.rollout.temperature = 1.0
     c.rollout.top_p = 1.0
+    # Off for fidelity to the paper. "float8_e4m3fn" halves the KV bytes the rollout reads (most of a decode step
+    # at 8192 tokens; on Hopper the Pallas kernel reads it: docs/performance.md, run I); samples then come from
+    # rounded keys and values (docs/training.md).
+    c.rollout.kv_cache_dtype = ""
     c.selection.chunk_size = 512
     c.selection.divergence = "rkl"
     c.selection.options = dict(norm_scope="batch")  # statistics over all 128 rollouts, whatever micro_batches

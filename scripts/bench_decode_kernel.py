@@ -2,14 +2,14 @@
 
     python scripts/bench_decode_kernel.py [--smoke]
 
-Both sides start from the stacked q/k/v matmul's output [B, K, G + 2, H] (Qwen3-0.6B's 8 kv heads x (2 + 2)
-x 128, bf16) and end with the attention output and the key/value written into a [B, K, S, H] cache (bf16,
-then float8_e4m3fn) of S = 1280 slots with 1024 filled (the OPD rollout's last segment): the xla path as
-the decoder runs it (q/k norm, rope, two in-place cache writes, scores, softmax, values: eight kernels on an
-H200) and the kernel (one launch). Each is timed inside one jitted `fori_loop` of 28 x 64 calls (a step's layers, many steps), each call
-feeding the next, so launch gaps count as they do in the sampler; then one call of each is compared with the
-xla path's (output and written key, max |difference|: bf16 rounding, ~1e-2, is expected). Also the "kernel"
-row of scripts/bench_accelerator.py.
+Both sides start from the stacked q/k/v matmul's output [B, K, G + 2, H] (Qwen3-0.6B's 8 kv heads x (2 + 2) x
+128, bf16) and end with the attention output and the key/value written into a [B, K, S, H] cache (bf16, then
+float8_e4m3fn) of S = 1280 slots with 1024 filled (the OPD rollout's last segment): the xla path as the decoder
+runs it (q/k norm, rope, two in-place cache writes, scores, softmax, values: eight kernels on an H200) and the
+kernel (one launch). Each is timed inside one jitted `fori_loop` of 28 x 64 calls (a step's layers, many steps),
+each call feeding the next, so launch gaps count as they do in the sampler; then one call of each is compared
+with the xla path's (output and written key, max |difference|: bf16 rounding, ~1e-2, is expected). Also the
+"kernel" row of scripts/bench_accelerator.py.
 """
 
 from __future__ import annotations

@@ -15,8 +15,9 @@ tensor-core dots, the G queries padded to 16 rows. (The first version multiplied
 as G is only 1-8 rows: on an H200 it ran 2-5x slower than the xla path, Triton's reductions over 3-D register
 tiles being the cost.) Heads are handled as two halves [.., H/2] throughout, so the rotation needs no shuffle
 of a register tensor. The new key and value enter from registers: a program never reads the slot it writes.
-The cache may be stored in any cache dtype; over float8 the dots take float16 operands (DEFAULT_FLOAT8: the
-e4m3 -> bf16 conversion made the kernel slower than xla on an H200, e4m3 -> f16 made it 16% faster).
+The cache may be stored in any cache dtype; over float8 the dots take float16 operands (DEFAULT_FLOAT8): with
+e4m3 -> bf16 conversions the kernel was slower than xla over float8 on an H200, with e4m3 -> f16 and blocks of
+128 it takes 16% less time (docs/performance.md, run I).
 
 Lowered by Pallas to Triton on GPUs; anywhere else it runs in Pallas interpret mode (the tests' reference path).
 jax 0.11 deprecates Pallas's Triton backend in favour of Mosaic GPU (a warning at lowering); it works in the jax
