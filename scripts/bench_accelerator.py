@@ -355,9 +355,6 @@ def plan():
          "new", {}, 60),
         # The way under 4 s: 5.6 of a rollout step's 7 GB at batch 64 are KV, a float8 cache halves them (run I:
         # the kernel over float8, DEFAULT_FLOAT8, took the step to 4.00-4.10 s).
-        ("decode", "decode new, float8 KV cache", "decode",
-         dict(variants=[dict(name="auto (the kernel, DEFAULT_FLOAT8), float8_e4m3fn cache",
-                             generate=dict(cache_dtype="float8_e4m3fn"))]), "new", {}, 50),
         ("decode", "decode new, kernel over float8, best tiling", "decode",
          dict(variants=[dict(name="the kernel over a float8_e4m3fn cache, the kernel row's best tiling",
                              generate=dict(cache_dtype="float8_e4m3fn"), tiling_float8="BEST:float8_e4m3fn")]),
@@ -365,13 +362,16 @@ def plan():
         ("train", "train new, kernel over float8, best tiling", "train",
          dict(steps=3, rollout_spec=dict(kv_cache_dtype="float8_e4m3fn"), tiling_float8="BEST:float8_e4m3fn"),
          "new", {}, 110),
-        ("train", "train new", "train", dict(steps=2), "new", {}, 110),
         # Where the update's 1.6 s go (runs C-I measured it only as step minus rollout).
         ("train", "train new, profiled, command buffers off", "train",
          dict(steps=1, rollout=False, profile="OUT/profile"), "new", {"XLA_FLAGS": NO_COMMAND_BUFFERS}, 90),
+        ("train", "train new", "train", dict(steps=2), "new", {}, 110),
         # Batch 8's step is mostly M = 8 GEMMs (run I's profile): Triton GEMMs may fuse more or tile them better.
         ("decode", "decode new, Triton GEMMs only", "decode",
          dict(variants=[dict(name="auto, --xla_gpu_cublas_fallback=false")]), "new", {"XLA_FLAGS": TRITON_GEMMS}, 60),
+        ("decode", "decode new, float8 KV cache", "decode",
+         dict(variants=[dict(name="auto (the kernel, DEFAULT_FLOAT8), float8_e4m3fn cache",
+                             generate=dict(cache_dtype="float8_e4m3fn"))]), "new", {}, 50),
         ("decode", "decode new, kernel best bf16 tiling", "decode",
          dict(variants=[dict(name="the kernel, the kernel row's best bf16 tiling", tiling="BEST:bfloat16")]),
          "new", {}, 45),
@@ -431,6 +431,18 @@ def _best_tilings(args, runs):
     return fill(args)
 
 
+def _tiling_args(args) -> dict:
+    """The tiling settings anywhere in a row's args: {"tiling" / "tiling_float8": value}."""
+    found = {}
+    for key, value in (args.items() if isinstance(args, dict) else ()):
+        if key in ("tiling", "tiling_float8"):
+            found[key] = value
+        elif isinstance(value, (dict, list)):
+            for item in (value if isinstance(value, list) else [value]):
+                found.update(_tiling_args(item))
+    return found
+
+
 def run_plan(out_dir: Path, smoke: bool, baseline: str | None, budget: float, only: list[str]) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     results = dict(smoke=smoke, date=time.strftime("%Y-%m-%d"), runs=[])
@@ -448,13 +460,16 @@ def run_plan(out_dir: Path, smoke: bool, baseline: str | None, budget: float, on
         paths = [baseline if code == "baseline" else str(ROOT), str(ROOT / "scripts"), os.environ.get("PYTHONPATH", "")]
         env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
         args = json.loads(json.dumps(args).replace('"OUT/', json.dumps(str(out_dir) + "/")[:-1]))
-        args = _best_tilings(args, results["runs"])
+        resolved = _best_tilings(args, results["runs"])
+        picked = {k: v for k, v in _tiling_args(resolved).items() if v != _tiling_args(args).get(k)}
+        args = resolved
         cmd = [sys.executable, __file__, "--worker", worker, "--args", json.dumps(args)]
         cmd += ["--smoke"] if smoke else []
         print(f"=== {label}", flush=True)
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=max(60, budget - spent + 60))
-        run = dict(section=section, label=label, code=code, env_extra=env_extra, wall_s=time.perf_counter() - t0)
+        run = dict(section=section, label=label, code=code, env_extra=env_extra, wall_s=time.perf_counter() - t0,
+                   **({"tilings_picked": picked} if picked else {}))
         lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
         if proc.returncode == 0 and lines:
             run.update(json.loads(lines[-1][len("RESULT "):]))

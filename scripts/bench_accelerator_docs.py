@@ -12,6 +12,15 @@ def _runs(results, section):
     return [r for r in results["runs"] if r.get("section") == section and "error" not in r and "skipped" not in r]
 
 
+def _label(run) -> str:
+    """A row's label, with the kernel tilings its "BEST:" args resolved to in the run."""
+    picked = run.get("tilings_picked") or {}
+    names = {"tiling": "16-bit", "tiling_float8": "float8"}
+    parts = [f"{names[k]}: block {t[0]}, {t[1]} warps, {t[2]} stages" + (f", {t[4]} operands" if t[4:5] and t[4] else "")
+             + (", transposed" if t[5:6] and t[5] else "") for k, t in picked.items() if t]
+    return run["label"] + (f" ({'; '.join(parts)})" if parts else "")
+
+
 def render(results: dict) -> str:
     env = next((r["env"] for r in results["runs"] if "env" in r), {})
     lines = ["## Accelerator", ""]
@@ -25,7 +34,7 @@ def render(results: dict) -> str:
     if ceil:
         lines += [f"Ceilings measured in the run: copy {ceil['copy_bytes_per_s'] / 1e12:.2f} TB/s (read + write), "
                   f"bf16 matmul {ceil['matmul_tflops']:.0f} TFLOP/s.", ""]
-    decode = [(r["label"], row) for r in _runs(results, "decode") for row in r["rows"]]
+    decode = [(_label(r), row) for r in _runs(results, "decode") for row in r["rows"]]
     if decode:
         lines += ["### Decode (Qwen3-0.6B bf16, prompt 128, 512 new tokens, `sampling.generate`)", "",
                   "| code | variant | batch | ms / step | HBM bound ms | share of bound | compile s |",
@@ -89,7 +98,7 @@ def render(results: dict) -> str:
             upd = f"{r['update_s']:.2f}" if "update_s" in r else "-"
             tf = f"{r['update_tflops_probe']:.0f}" if "update_tflops_probe" in r else "-"
             mfu = f"{r['update_model_tflops'] / PEAK_BF16_TFLOPS:.0%}" if "update_model_tflops" in r else "-"
-            lines.append(f"| {r['label']} | {r['compile_s']:.1f} | {r['step_s']:.2f} | {roll} | {upd} | {tf} | {mfu} "
+            lines.append(f"| {_label(r)} | {r['compile_s']:.1f} | {r['step_s']:.2f} | {roll} | {upd} | {tf} | {mfu} "
                          f"| {r['temp_gib']:.1f} |")
         lines.append("")
     profiled = next((r for r in train if "profile" in r), None)

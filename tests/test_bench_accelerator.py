@@ -44,3 +44,24 @@ def test_docs_render_from_checked_in_results(tmp_path):
     bench_accelerator_docs.write(table, doc)
     text = doc.read_text()
     assert "old" not in text and "## Later\nkept" in text and text.count("## Accelerator") == 1
+
+
+def test_best_rows_take_the_kernel_rows_fastest_tiling_at_the_largest_batch():
+    """'BEST:<cache>' in a row's args becomes the kernel row's fastest tiling for that cache at its largest batch
+    (the rollout's), not the fastest at any batch; without a kernel row it stays the default (None)."""
+    import bench_accelerator
+
+    rows = [dict(cache="float8_e4m3fn", batch=8, tiling=[32, 4, 2, 0, "", False], us_per_call=1.0),   # fastest at 8
+            dict(cache="float8_e4m3fn", batch=64, tiling=[32, 4, 2, 0, "", False], us_per_call=90.0),
+            dict(cache="float8_e4m3fn", batch=64, tiling=[128, 4, 3, 0, "float16", False], us_per_call=56.0),
+            dict(cache="float8_e4m3fn", batch=64, tiling=None, us_per_call=50.0),   # the xla row: no tiling
+            dict(cache="float8_e4m3fn", batch=64, tiling=[64, 4, 2, 0, "", True], error="rejected"),
+            dict(cache="bfloat16", batch=64, tiling=[64, 4, 2, 0, "", False], us_per_call=70.0)]
+    runs = [dict(section="kernel", rows=rows)]
+    args = dict(steps=2, tiling_float8="BEST:float8_e4m3fn", variants=[dict(tiling="BEST:bfloat16")])
+    got = bench_accelerator._best_tilings(args, runs)
+    assert got == dict(steps=2, tiling_float8=[128, 4, 3, 0, "float16", False],
+                       variants=[dict(tiling=[64, 4, 2, 0, "", False])])
+    assert bench_accelerator._tiling_args(got) == dict(tiling_float8=[128, 4, 3, 0, "float16", False],
+                                                       tiling=[64, 4, 2, 0, "", False])
+    assert bench_accelerator._best_tilings(args, [])["tiling_float8"] is None
