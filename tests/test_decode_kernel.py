@@ -147,7 +147,7 @@ def test_float16_operands_over_a_float8_cache_equal_the_compute_dtype_ones():
 
 @pytest.mark.parametrize("groups, head_dim, slots", [(3, 16, 96), (2, 24, 96), (2, 16, 100), (2, 8, 96)])
 def test_shapes_triton_cannot_take_are_an_error(groups, head_dim, slots):
-    assert not decode_kernel.fits(groups, head_dim, slots)
+    assert not decode_kernel.fits(groups, head_dim, slots, decode_kernel.BLOCK)
     qkv = jnp.zeros((1, 1, groups + 2, head_dim))
     kv = jnp.zeros((1, 1, slots, head_dim))
     with pytest.raises(ValueError, match="power-of-two groups"):

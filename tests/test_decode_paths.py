@@ -140,10 +140,10 @@ def test_the_default_tiling_sizes_the_sampler_cache(monkeypatch, cache_dtype, de
     kw = dict(max_new_tokens=6, temperature=1.0, eos_token_id=5, rng=jax.random.key(5), cache_dtype=cache_dtype)
     xla = sampling.generate(models.init(cfg.replace(decode_attention="xla"), jax.random.key(2)), prompt, mask, **kw)
     tiling = decode_kernel.Tiling(block=64, num_warps=8, num_stages=3, float8_operands="float16")
-    other = 1 if cache_dtype is None else 2
+    mine, other = (2, 1) if cache_dtype is None else (1, 2)  # cache element bytes: this default's, the other's
     kept = decode_kernel.default_tiling(other).block  # the other default keeps its block
     monkeypatch.setattr(decode_kernel, default, tiling)
-    assert attention.decode_cache_slots(15, "pallas", 3 - other) == 64
+    assert attention.decode_cache_slots(15, "pallas", mine) == 64
     assert attention.decode_cache_slots(15, "pallas", other) == kept and attention.decode_cache_slots(15, "xla") == 15
     model = models.init(cfg.replace(decode_attention="pallas"), jax.random.key(2))
     jax.clear_caches()

@@ -181,9 +181,10 @@ def _decode_loop(model, state: SamplerState, settings: DecodeSettings) -> Sample
     steps = loop_length(settings.max_new_tokens, k)
     total = settings.prompt_len + steps
     # Asked as if the cache were the kernel's (whole blocks): "auto" takes the kernel where it fits.
-    cache_bytes = jnp.dtype(state.cache.k[0].dtype).itemsize
+    cache_dtype = state.cache.k[0].dtype
+    cache_bytes = jnp.dtype(cache_dtype).itemsize
     kernel = attention.model_decode_backend(cfg, t=1, s=attention.decode_cache_slots(total, "pallas", cache_bytes),
-                                            contiguous=True, cache_dtype=state.cache.k[0].dtype)
+                                            contiguous=True, cache_dtype=cache_dtype)
     segments = 1 if kernel == "pallas" and settings.segments is None else settings.segments
     layers = model.decode_layers()  # sliced and stacked once here, not per layer and token inside the loop
     for end in sorted({loop_length(e, k) for e in segment_ends(steps, segments)}):

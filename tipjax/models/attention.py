@@ -181,11 +181,20 @@ def resolve_decode_backend(requested: str, platform: str, *, t: int, s: int, hea
     return "pallas" if requested == "auto" and auto else "xla"
 
 
+def decode_backend_here(requested: str, *, t: int, s: int, head_dim: int, groups: int, contiguous: bool,
+                        cache_dtype) -> str:
+    """resolve_decode_backend for a cache read traced here: this trace's platform and devices, the cache's
+    element size."""
+    return resolve_decode_backend(requested, current_platform(), t=t, s=s, head_dim=head_dim, contiguous=contiguous,
+                                  groups=groups, cache_bytes=jnp.dtype(cache_dtype).itemsize,
+                                  here=decode_kernel_suits_here())
+
+
 def model_decode_backend(cfg, *, t: int, s: int, contiguous: bool, cache_dtype) -> str:
-    """resolve_decode_backend for a ModelConfig's cache read here (platform and devices of this trace)."""
-    return resolve_decode_backend(cfg.decode_attention, current_platform(), t=t, s=s, head_dim=cfg.head_dim,
-                                  contiguous=contiguous, groups=cfg.num_heads // cfg.num_kv_heads,
-                                  cache_bytes=jnp.dtype(cache_dtype).itemsize, here=decode_kernel_suits_here())
+    """decode_backend_here for a ModelConfig's heads and decode_attention."""
+    return decode_backend_here(cfg.decode_attention, t=t, s=s, head_dim=cfg.head_dim,
+                               groups=cfg.num_heads // cfg.num_kv_heads, contiguous=contiguous,
+                               cache_dtype=cache_dtype)
 
 
 def decode_kernel_suits_here() -> bool:
@@ -220,9 +229,8 @@ def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, cache: LayerCache
     b, t, n, h = q.shape
     kv_heads = k.shape[2]
     if not cache.fresh:
-        impl = resolve_decode_backend(decode_backend, current_platform(), t=t, s=cache.k.shape[2], head_dim=h,
-                                      contiguous=cache.starts is not None, groups=n // kv_heads,
-                                      cache_bytes=cache.k.dtype.itemsize, here=decode_kernel_suits_here())
+        impl = decode_backend_here(decode_backend, t=t, s=cache.k.shape[2], head_dim=h, groups=n // kv_heads,
+                                   contiguous=cache.starts is not None, cache_dtype=cache.k.dtype)
         if impl == "pallas":  # writes the cache and attends in one kernel (q and k already normed and rotated)
             qkv = jnp.concatenate([q[:, 0].reshape(b, kv_heads, n // kv_heads, h), k[:, 0, :, None],
                                    v[:, 0, :, None]], axis=2)

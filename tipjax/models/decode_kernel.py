@@ -94,9 +94,9 @@ def heads_fit(groups: int, head_dim: int) -> bool:
     return pow2(groups) and pow2(head_dim) and head_dim >= 32
 
 
-def fits(groups: int, head_dim: int, slots: int, block: int | None = None) -> bool:
-    """Whether the kernel takes these heads and a cache of `slots`: whole blocks (default DEFAULT's)."""
-    return heads_fit(groups, head_dim) and slots % (block or DEFAULT.block) == 0
+def fits(groups: int, head_dim: int, slots: int, block: int) -> bool:
+    """Whether the kernel takes these heads and a cache of `slots`: whole blocks of `block` slots."""
+    return heads_fit(groups, head_dim) and slots % block == 0
 
 
 def misfit(num_heads: int, num_kv_heads: int, head_dim: int) -> str | None:
@@ -258,23 +258,15 @@ def _kernel(starts_ref, index_ref, qkv_ref, cos_ref, sin_ref, norm_ref, k_ref, v
     own = first.astype(f32)  # 1.0 in split 0, else 0.0 (arithmetic: Triton selects want equal shapes)
     m = widen(s_new) + jnp.log(own)  # [M], -inf outside split 0
     norm = jnp.zeros((rows,), f32) + own
-    acc = jnp.broadcast_to(v_new.astype(f32), (rows, 2 * half)) * own
-    if transposed:  # [H, M]
-        acc = jnp.broadcast_to(v_new.astype(f32).T, (2 * half, rows)) * own
+    # Scores are [M, BLOCK] and acc [M, H]; transposed, [BLOCK, M] and [H, M] (the cache block the dots' wide
+    # side). `over` is the block's axis in scores, `per_query` puts an [M] vector against it.
+    over = 0 if transposed else 1
+    per_query = lambda x: jnp.expand_dims(x, over)
+    v0 = v_new.astype(f32)
+    acc = (jnp.broadcast_to(v0.T, (2 * half, rows)) if transposed else jnp.broadcast_to(v0, (rows, 2 * half))) * own
     precision = jax.lax.Precision.HIGHEST if dtype == jnp.float32 else None  # fp32 models: no TF32
     dot = lambda a, b, a_dim, b_dim: jax.lax.dot_general(a, b, (((a_dim,), (b_dim,)), ((), ())),
                                                          precision=precision, preferred_element_type=f32)
-
-    def step_transposed(m, norm, acc, keys1, keys2, values, seen):
-        # The same with the cache block as the dots' wide side: scores [BLOCK, M], acc [H, M].
-        scores = dot(keys1, qm1, 1, 1) + dot(keys2, qm2, 1, 1)
-        scores = jnp.where(jnp.broadcast_to(seen[:, None], scores.shape), scores, -jnp.inf)
-        m_next = jnp.maximum(m, jnp.max(scores, 0))
-        shift = jnp.where(m_next == -jnp.inf, 0.0, m_next)
-        p = jnp.exp(scores - shift[None, :])
-        fade = jnp.exp(m - shift)
-        acc = acc * fade[None, :] + dot(values, p.astype(dtype).astype(operands), 0, 0)
-        return m_next, norm * fade + jnp.sum(p, 0), acc
 
     def step(j, carry):
         m, norm, acc = carry
@@ -285,16 +277,18 @@ def _kernel(starts_ref, index_ref, qkv_ref, cos_ref, sin_ref, norm_ref, k_ref, v
         at_slot = at + jnp.arange(block)
         seen = (at_slot >= start) & (at_slot < index)                                  # the new slot: above
         if transposed:
-            return step_transposed(m, norm, acc, keys1, keys2, values, seen)
-        scores = dot(qm1, keys1, 1, 1) + dot(qm2, keys2, 1, 1)                    # [M, BLOCK] fp32
-        scores = jnp.where(jnp.broadcast_to(seen[None, :], scores.shape), scores, -jnp.inf)
-        m_next = jnp.maximum(m, jnp.max(scores, -1))
+            scores = dot(keys1, qm1, 1, 1) + dot(keys2, qm2, 1, 1)
+        else:
+            scores = dot(qm1, keys1, 1, 1) + dot(qm2, keys2, 1, 1)                # fp32
+        scores = jnp.where(jnp.broadcast_to(jnp.expand_dims(seen, 1 - over), scores.shape), scores, -jnp.inf)
+        m_next = jnp.maximum(m, jnp.max(scores, over))
         shift = jnp.where(m_next == -jnp.inf, 0.0, m_next)  # a split that has seen nothing yet: no inf - inf
-        p = jnp.exp(scores - shift[:, None])
+        p = jnp.exp(scores - per_query(shift))
         fade = jnp.exp(m - shift)
         # probabilities in the compute dtype for the value dot, as the xla path rounds its softmax
-        acc = acc * fade[:, None] + dot(p.astype(dtype).astype(operands), values, 1, 0)
-        return m_next, norm * fade + jnp.sum(p, -1), acc
+        p_op = p.astype(dtype).astype(operands)
+        acc = acc * per_query(fade) + (dot(values, p_op, 0, 0) if transposed else dot(p_op, values, 1, 0))
+        return m_next, norm * fade + jnp.sum(p, over), acc
 
     lo_block, hi_block = start // block, (index + block - 1) // block
     share = (hi_block - lo_block + splits - 1) // splits  # blocks per split
