@@ -419,8 +419,10 @@ def _best_tilings(args, runs):
 
     def best(cache):
         timed = [r for r in rows if r.get("cache") == cache and r.get("tiling") and "us_per_call" in r]
-        wide = [r for r in timed if r["batch"] == max(x["batch"] for x in timed)]
-        return min(wide, key=lambda r: r["us_per_call"])["tiling"] if wide else None
+        if not timed:
+            return None
+        widest = max(r["batch"] for r in timed)
+        return min((r for r in timed if r["batch"] == widest), key=lambda r: r["us_per_call"])["tiling"]
 
     def fill(x):
         if isinstance(x, dict):
