@@ -350,6 +350,11 @@ def plan():
         # The attention half alone, per tiling, over bf16 and float8 caches: its fastest tilings at batch 64 (the
         # rollout's) are what the "BEST:" rows below run (run_plan fills them in).
         ("kernel", "decode attention kernel", "kernel", {}, "new", {}, 80),
+        # The step's 8 samples per prompt read one shared copy of the prompt's keys (rollout.share_prompt, new
+        # since run I: not measured on a GPU yet); the same step with a copy per row, for the ratio.
+        ("train", "train new", "train", dict(steps=2), "new", {}, 110),
+        ("train", "train new, prompts not shared", "train", dict(steps=2, rollout_spec=dict(share_prompt=False)),
+         "new", {}, 110),
         # "auto" decodes with tipjax's Pallas kernel on CUDA (runs G, I: faster than xla at batch 8 and 64).
         ("decode", "decode new", "decode", dict(variants=[dict(name="defaults (auto: the Pallas kernel on CUDA)")]),
          "new", {}, 60),
@@ -365,7 +370,6 @@ def plan():
         # Where the update's 1.6 s go (runs C-I measured it only as step minus rollout).
         ("train", "train new, profiled, command buffers off", "train",
          dict(steps=1, rollout=False, profile="OUT/profile"), "new", {"XLA_FLAGS": NO_COMMAND_BUFFERS}, 90),
-        ("train", "train new", "train", dict(steps=2), "new", {}, 110),
         # Batch 8's step is mostly M = 8 GEMMs (run I's profile): Triton GEMMs may fuse more or tile them better.
         ("decode", "decode new, Triton GEMMs only", "decode",
          dict(variants=[dict(name="auto, --xla_gpu_cublas_fallback=false")]), "new", {"XLA_FLAGS": TRITON_GEMMS}, 60),

@@ -88,6 +88,7 @@ class RolloutSpec:
     eos_token_id: tuple[int, ...] = ()   # default: the student's config eos ids
     groups: int = 1                  # sample the batch in this many sequential row groups: KV cache / groups
     kv_cache_dtype: str = ""         # "" = compute dtype; float8_e4m3fn halves the KV bytes a decode step reads
+    share_prompt: bool = True        # a prompt's samples share one copy of its keys (sampling.generate)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tipjax.models import attention, positions_from_mask
-from tipjax.models.cache import check_cache_dtype
+from tipjax.models.cache import PromptCache, check_cache_dtype
 
 __all__ = ["SampleOutput", "SamplerState", "DecodeSettings", "generate", "bucket_size", "DEFAULT_BUCKETS",
            "sample_logits"]
@@ -78,6 +78,7 @@ class DecodeSettings:
     pad_id: int
     segments: int | None = None   # see segment_ends
     steps_per_loop: int = 1       # tokens per while-loop iteration (see loop_length)
+    prompt_samples: int = 1       # > 1: rows per prompt that share one copy of its keys (models.PromptCache)
 
 
 def bucket_size(length: int, buckets: Sequence[int] | None = None) -> int:
@@ -141,22 +142,38 @@ def loop_length(max_new_tokens: int, steps_per_loop: int) -> int:
     return -(-max_new_tokens // steps_per_loop) * steps_per_loop
 
 
-def _prefill(model, prompt_ids, prompt_mask, max_new_tokens, cache_dtype, rng) -> SamplerState:
-    batch, prompt_len = prompt_ids.shape
+def _prefill(model, prompt_ids, prompt_mask, max_new_tokens, cache_dtype, rng, samples: int,
+             decode_backend: str) -> SamplerState:
+    """The prompts' keys and their next-token logits. samples > 1: prompt_ids are P distinct prompts for
+    P * samples rows, which share their prompt's keys (KVCache.prompt; slots rounded to the decode kernel's
+    block) and start with empty caches of their own; else one row per prompt, its prompt in its own cache."""
+    prompt_len = prompt_ids.shape[1]
     total = prompt_len + max_new_tokens
     mask = prompt_mask.astype(bool)
     positions = positions_from_mask(mask)  # left padding: each row starts at 0 at its first real token
+    lengths = jnp.sum(mask, axis=1).astype(jnp.int32)
+    slots = prompt_len
+    if samples > 1:
+        cache_bytes = jnp.dtype(cache_dtype or model.config.compute_dtype).itemsize
+        slots = attention.decode_cache_slots(prompt_len, decode_backend, cache_bytes)
     # The prompt's slots only: the decode loop grows the cache segment by segment (_decode_loop).
-    cache = model.init_cache(batch, prompt_len, dtype=cache_dtype)
+    cache = model.init_cache(prompt_ids.shape[0], slots, dtype=cache_dtype)
     hidden, cache = model.hidden_cached(prompt_ids, positions, cache, mask, fresh=True)
     # The last column is every row's last real prompt token (left padding), so its logits predict token 1.
     next_logits = model.logits(hidden[:, -1])
+    starts = prompt_len - lengths
+    if samples > 1:
+        prompt = PromptCache(k=cache.k, v=cache.v, mask=cache.mask, starts=starts, length=prompt_len)
+        cache = model.init_cache(prompt_ids.shape[0] * samples, 0, dtype=cache_dtype).replace(prompt=prompt)
+        prompt_ids, lengths, next_logits = (jnp.repeat(x, samples, axis=0) for x in (prompt_ids, lengths, next_logits))
+        starts = jnp.zeros_like(lengths)  # the rows' own slots hold their responses, from slot 0
+    batch = prompt_ids.shape[0]
     tokens = jnp.zeros((batch, total), jnp.int32).at[:, :prompt_len].set(prompt_ids)
     return SamplerState(
         step=jnp.zeros((), jnp.int32), tokens=tokens,
         response_mask=jnp.zeros((batch, total), jnp.int32), logprobs=jnp.zeros((batch, total), jnp.float32),
-        done=jnp.zeros((batch,), bool), positions=jnp.sum(mask, axis=1).astype(jnp.int32),
-        next_logits=next_logits, starts=prompt_len - jnp.sum(mask, axis=1).astype(jnp.int32), cache=cache, rng=rng)
+        done=jnp.zeros((batch,), bool), positions=lengths, next_logits=next_logits, starts=starts, cache=cache,
+        rng=rng)
 
 
 def segment_ends(max_new_tokens: int, segments: int | None = None) -> tuple[int, ...]:
@@ -170,25 +187,33 @@ def segment_ends(max_new_tokens: int, segments: int | None = None) -> tuple[int,
     return tuple(-(-max_new_tokens * (j + 1) // segments) for j in range(segments))
 
 
-def _decode_loop(model, state: SamplerState, settings: DecodeSettings) -> SamplerState:
+def _decode_backend(cfg, settings: DecodeSettings, cache_dtype) -> str:
+    """The decode loop's attention ("xla" or "pallas"), asked as if the cache were the kernel's (whole blocks):
+    "auto" takes the kernel where it fits."""
+    steps = loop_length(settings.max_new_tokens, settings.steps_per_loop)
+    cache_dtype = cache_dtype or cfg.compute_dtype
+    cache_bytes = jnp.dtype(cache_dtype).itemsize
+    slots = lambda n: attention.decode_cache_slots(n, "pallas", cache_bytes)
+    shared = settings.prompt_samples > 1
+    own = steps + (0 if shared else settings.prompt_len)
+    return attention.model_decode_backend(cfg, t=1, s=slots(own), contiguous=True, cache_dtype=cache_dtype,
+                                          prompt_slots=slots(settings.prompt_len) if shared else 0)
+
+
+def _decode_loop(model, state: SamplerState, settings: DecodeSettings, kernel: str) -> SamplerState:
     # Segments: a sequence of while loops, each on a cache grown to hold exactly the slots it can fill, so early
     # tokens of a long rollout do not read the unwritten end of the cache, and attention reads whole buffers
     # (a window sliced out of a longer one is a copy per layer and step on XLA:GPU). The Pallas kernel reads
     # only the filled slots, so it runs one segment on a cache of whole kernel blocks. Each segment stops early
     # when every row has finished.
-    cfg = model.config
     k = settings.steps_per_loop
     steps = loop_length(settings.max_new_tokens, k)
-    total = settings.prompt_len + steps
-    # Asked as if the cache were the kernel's (whole blocks): "auto" takes the kernel where it fits.
-    cache_dtype = state.cache.k[0].dtype
-    cache_bytes = jnp.dtype(cache_dtype).itemsize
-    kernel = attention.model_decode_backend(cfg, t=1, s=attention.decode_cache_slots(total, "pallas", cache_bytes),
-                                            contiguous=True, cache_dtype=cache_dtype)
+    cache_bytes = jnp.dtype(state.cache.k[0].dtype).itemsize
+    prompt_slots = 0 if state.cache.prompt is not None else settings.prompt_len  # in the rows' own cache
     segments = 1 if kernel == "pallas" and settings.segments is None else settings.segments
     layers = model.decode_layers()  # sliced and stacked once here, not per layer and token inside the loop
     for end in sorted({loop_length(e, k) for e in segment_ends(steps, segments)}):
-        slots = attention.decode_cache_slots(settings.prompt_len + end, kernel, cache_bytes)
+        slots = attention.decode_cache_slots(prompt_slots + end, kernel, cache_bytes)
         state = state.replace(cache=state.cache.grow(slots))
         state = _decode_segment(model, layers, state, settings, end)
     return state
@@ -230,8 +255,9 @@ def _generate(model, prompt_ids, prompt_mask, rng, settings: DecodeSettings, cac
     """Prefill and decode loop: the whole rollout, one traceable function (the prompt's cache is an
     intermediate, freed once the first segment has grown it)."""
     steps = loop_length(settings.max_new_tokens, settings.steps_per_loop)
-    state = _prefill(model, prompt_ids, prompt_mask, steps, cache_dtype, rng)
-    return _decode_loop(model, state, settings)
+    kernel = _decode_backend(model.config, settings, cache_dtype)
+    state = _prefill(model, prompt_ids, prompt_mask, steps, cache_dtype, rng, settings.prompt_samples, kernel)
+    return _decode_loop(model, state, settings, kernel)
 
 
 _jit_generate = jax.jit(_generate, static_argnames=("settings", "cache_dtype"))
@@ -297,13 +323,17 @@ def generate(model, prompt_ids: jax.Array, prompt_mask: jax.Array, *, max_new_to
              temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
              eos_token_id: int | Sequence[int] | None = None, rng: jax.Array,
              num_samples: int = 1, pad_token_id: int | None = None, buckets: Sequence[int] | None = None,
-             cache_dtype=None, segments: int | None = None, steps_per_loop: int | None = None) -> SampleOutput:
+             cache_dtype=None, segments: int | None = None, steps_per_loop: int | None = None,
+             share_prompt: bool = True) -> SampleOutput:
     """Samples max_new_tokens per row with a KV cache; rows stop at their first EOS.
 
     Args:
       model: a tipjax decoder (`models.Decoder`).
       prompt_ids, prompt_mask: [B, Tp] int, left padded (mask 1 on real tokens, every row non-empty).
       num_samples: n samples per prompt, by repeating each row n times (rows i*n .. i*n+n-1 share prompt i).
+      share_prompt: with num_samples > 1, prefill each prompt once and let its n rows read one copy of its keys
+        and values (models.PromptCache): n times less prefill, prompt cache memory and prompt reads per decode
+        step. False: every row prefills and stores its own copy (the draws agree up to float rounding).
       pad_token_id: filler after a row's EOS (default: the first EOS id, else 0).
       buckets: prompt length buckets (default powers of two up to 32768); Tp is left padded up to its bucket
         for the compiled program and the output is sliced back to Tp + max_new_tokens columns.
@@ -325,7 +355,8 @@ def generate(model, prompt_ids: jax.Array, prompt_mask: jax.Array, *, max_new_to
     prompt_ids, prompt_mask = jnp.asarray(prompt_ids, jnp.int32), jnp.asarray(prompt_mask, jnp.int32)
     _validate(prompt_ids, prompt_mask, max_new_tokens, temperature, top_k, top_p, num_samples)
     eos_ids, pad_id = _special_ids(eos_token_id, pad_token_id, model.config.vocab_size)
-    if num_samples > 1:
+    shared = num_samples > 1 and bool(share_prompt)
+    if num_samples > 1 and not shared:
         prompt_ids = jnp.repeat(prompt_ids, num_samples, axis=0)
         prompt_mask = jnp.repeat(prompt_mask, num_samples, axis=0)
     prompt_len = prompt_ids.shape[1]
@@ -340,7 +371,8 @@ def generate(model, prompt_ids: jax.Array, prompt_mask: jax.Array, *, max_new_to
         raise ValueError(f"steps_per_loop must be a positive int, got {steps_per_loop!r}")
     settings = DecodeSettings(prompt_len=bucket, max_new_tokens=int(max_new_tokens), temperature=float(temperature),
                               top_k=int(top_k), top_p=float(top_p), eos_ids=eos_ids, pad_id=pad_id,
-                              segments=segments, steps_per_loop=int(steps_per_loop))
+                              segments=segments, steps_per_loop=int(steps_per_loop),
+                              prompt_samples=int(num_samples) if shared else 1)
     state = _jit_generate(model, prompt_ids, prompt_mask, rng, settings=settings, cache_dtype=cache_dtype)
     width = bucket + max_new_tokens  # the loop may have run a few steps more (whole iterations): dropped
     tokens, response_mask, logprobs = (x[:, :width] for x in (state.tokens, state.response_mask, state.logprobs))

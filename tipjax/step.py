@@ -70,7 +70,9 @@ def _keeps_all(settings: StepSettings, n_new: int) -> bool:
 
 def _rollout(settings: StepSettings, params, prompt_ids, prompt_mask, rng) -> sampling.SampleOutput:
     """n samples per prompt from the current student; with rollout.groups > 1 the rows are sampled in
-    sequential groups (lax.map), which divides the KV cache's memory by the number of groups."""
+    sequential groups (lax.map), which divides the KV cache's memory by the number of groups. The n rows of a
+    prompt share its keys (rollout.share_prompt); in groups too when groups divides n (each group then draws
+    n / groups samples of every prompt: the rows rows.split would give it)."""
     roll = settings.rollout
     # Decoding computes in the compute dtype anyway; a copy in that dtype halves the resharded weights (fp32 master).
     compute = jnp.dtype(params.config.compute_dtype)
@@ -79,10 +81,15 @@ def _rollout(settings: StepSettings, params, prompt_ids, prompt_mask, rng) -> sa
         params = jax.lax.with_sharding_constraint(params, settings.sampling_shardings)
     kwargs = dict(max_new_tokens=roll.max_new_tokens, temperature=roll.temperature, top_p=roll.top_p,
                   top_k=roll.top_k, eos_token_id=settings.eos_ids or None, buckets=(prompt_ids.shape[1],),
-                  cache_dtype=roll.kv_cache_dtype or None)
+                  cache_dtype=roll.kv_cache_dtype or None, share_prompt=roll.share_prompt)
+    n = roll.samples_per_prompt
     if roll.groups == 1:
-        return sampling.generate(params, prompt_ids, prompt_mask, rng=rng, num_samples=roll.samples_per_prompt,
-                                 **kwargs)
+        return sampling.generate(params, prompt_ids, prompt_mask, rng=rng, num_samples=n, **kwargs)
+    if roll.share_prompt and n % roll.groups == 0 and n > roll.groups:
+        out = jax.lax.map(lambda key: sampling.generate(params, prompt_ids, prompt_mask, rng=key,
+                                                        num_samples=n // roll.groups, **kwargs),
+                          jax.random.split(rng, roll.groups))
+        return jax.tree.map(rows.merge, out)
     ids, mask = (rows.split(jnp.repeat(x, roll.samples_per_prompt, axis=0), roll.groups, settings.split_sharding)
                  for x in (prompt_ids, prompt_mask))
 

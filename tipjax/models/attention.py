@@ -21,6 +21,8 @@ Decode (ModelConfig.decode_attention): one new query per row against the cache.
   "pallas"    tipjax's Pallas kernel (decode_kernel.py, Triton on GPUs): one launch per layer and step writes
               the new key/value into the cache and attends, each row reading only its filled slots
               [start, index]; off GPU it runs in Pallas interpret mode (tests).
+  Both read a shared prompt (cache.PromptCache: the sampler's n samples of a prompt) before the row's own slots:
+  xla as n * G query rows of one matmul per prompt and kv head, the kernel from the prompt's one copy.
   "auto"      the kernel on Hopper GPUs where it fits (one-token reads of a whole-block cache with contiguous
               rows, power-of-two heads per kv head and head_dim >= 32), the cache is 16-bit or float8, and
               there is one device or a mesh context (decode_kernel_suits_here), else xla. On an H200 it took
@@ -43,7 +45,7 @@ from flax import struct
 from jax.extend import backend as jax_backend
 
 from tipjax.models import decode_kernel, splash
-from tipjax.models.cache import LayerCache, to_cache
+from tipjax.models.cache import LayerCache, PromptCache, to_cache
 from tipjax.models.config import ATTENTION_BACKENDS as BACKENDS
 from tipjax.models.config import DECODE_ATTENTION_BACKENDS, DEFAULT_QUERY_CHUNK
 
@@ -153,11 +155,13 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: AttentionMask, *, 
 
 
 def resolve_decode_backend(requested: str, platform: str, *, t: int, s: int, head_dim: int,
-                           contiguous: bool, groups: int = 1, cache_bytes: int = 2, here: bool = True) -> str:
+                           contiguous: bool, groups: int = 1, cache_bytes: int = 2, here: bool = True,
+                           prompt_slots: int = 0) -> str:
     """The backend of a cache read: "xla" or "pallas". Pure, so every case is testable on CPU.
 
     "pallas" needs a one-token read (t == 1) of a cache whose rows are contiguous (LayerCache.starts given),
-    whose length is a multiple of the kernel's block (decode_kernel.default_tiling), with a power-of-two head_dim >= 32
+    whose length (and a shared prompt's, `prompt_slots`) is a multiple of the kernel's block
+    (decode_kernel.default_tiling), with a power-of-two head_dim >= 32
     and query heads per kv head (Triton tensor shapes); requested where it cannot run, it is an error. "auto"
     takes it on CUDA where it fits, the cache's elements are `cache_bytes` = 2 or 1 bytes (bf16/fp16 or float8:
     where it was measured faster; fp32 was not) and it suits the devices `here` (decode_kernel_suits_here:
@@ -166,35 +170,35 @@ def resolve_decode_backend(requested: str, platform: str, *, t: int, s: int, hea
     if requested not in DECODE_ATTENTION_BACKENDS:
         raise ValueError(f"decode attention backend {requested!r} is not one of {DECODE_ATTENTION_BACKENDS}")
     block = decode_kernel.default_tiling(cache_bytes).block
-    fits = t == 1 and contiguous and decode_kernel.fits(groups, head_dim, s, block)
+    fits = t == 1 and contiguous and decode_kernel.fits(groups, head_dim, s, block) and prompt_slots % block == 0
     if requested == "pallas" and platform == "tpu":
         raise ValueError("decode_attention='pallas' is a Triton kernel for GPUs (interpret mode elsewhere, for tests); "
                          "on TPU use 'xla' or 'auto'")
     if requested == "pallas":
         if not fits:
             raise ValueError(f"decode_attention='pallas' needs one query per row, contiguous rows (starts), a cache "
-                             f"length that is a multiple of {block} and power-of-two "
+                             f"length (and shared prompt length) that is a multiple of {block} and power-of-two "
                              f"head_dim >= 32 and query heads per kv head; got t={t}, contiguous={contiguous}, "
-                             f"s={s}, head_dim={head_dim}, groups={groups}")
+                             f"s={s}, prompt slots={prompt_slots}, head_dim={head_dim}, groups={groups}")
         return "pallas"
     auto = platform == "cuda" and fits and cache_bytes in (1, 2) and here
     return "pallas" if requested == "auto" and auto else "xla"
 
 
 def decode_backend_here(requested: str, *, t: int, s: int, head_dim: int, groups: int, contiguous: bool,
-                        cache_dtype) -> str:
+                        cache_dtype, prompt_slots: int = 0) -> str:
     """resolve_decode_backend for a cache read traced here: this trace's platform and devices, the cache's
     element size."""
     return resolve_decode_backend(requested, current_platform(), t=t, s=s, head_dim=head_dim, contiguous=contiguous,
                                   groups=groups, cache_bytes=jnp.dtype(cache_dtype).itemsize,
-                                  here=decode_kernel_suits_here())
+                                  here=decode_kernel_suits_here(), prompt_slots=prompt_slots)
 
 
-def model_decode_backend(cfg, *, t: int, s: int, contiguous: bool, cache_dtype) -> str:
+def model_decode_backend(cfg, *, t: int, s: int, contiguous: bool, cache_dtype, prompt_slots: int = 0) -> str:
     """decode_backend_here for a ModelConfig's heads and decode_attention."""
     return decode_backend_here(cfg.decode_attention, t=t, s=s, head_dim=cfg.head_dim,
                                groups=cfg.num_heads // cfg.num_kv_heads, contiguous=contiguous,
-                               cache_dtype=cache_dtype)
+                               cache_dtype=cache_dtype, prompt_slots=prompt_slots)
 
 
 def decode_kernel_suits_here() -> bool:
@@ -230,28 +234,40 @@ def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, cache: LayerCache
     kv_heads = k.shape[2]
     if not cache.fresh:
         impl = decode_backend_here(decode_backend, t=t, s=cache.k.shape[2], head_dim=h, groups=n // kv_heads,
-                                   contiguous=cache.starts is not None, cache_dtype=cache.k.dtype)
+                                   contiguous=cache.starts is not None, cache_dtype=cache.k.dtype,
+                                   prompt_slots=prompt_slots(cache))
         if impl == "pallas":  # writes the cache and attends in one kernel (q and k already normed and rotated)
             qkv = jnp.concatenate([q[:, 0].reshape(b, kv_heads, n // kv_heads, h), k[:, 0, :, None],
                                    v[:, 0, :, None]], axis=2)
-            out, k_layer, v_layer = decode_kernel.attend(qkv, cache.k, cache.v, cache.starts, cache.index)
+            out, k_layer, v_layer = decode_kernel.attend(qkv, cache.k, cache.v, cache.starts, cache.index,
+                                                         prompt=cache.prompt)
             return out.reshape(b, 1, n, h), (k_layer, v_layer)
     at = (0, 0, cache.index, 0)
     k_layer = jax.lax.dynamic_update_slice(cache.k, to_cache(k.swapaxes(1, 2), cache.k.dtype), at)
     v_layer = jax.lax.dynamic_update_slice(cache.v, to_cache(v.swapaxes(1, 2), cache.v.dtype), at)
     if cache.fresh:
+        if cache.prompt is not None:
+            raise ValueError("a fresh cache (prefill) cannot have a shared prompt: prefill the prompts themselves")
         # Index 0 is promised, so slots [0, T) of the mask are this call's tokens and the offset is static.
         out = attention(q, k, v, AttentionMask(kv_valid=cache.mask[:, :t]), backend=backend,
                         query_chunk=query_chunk)
         return out, (k_layer, v_layer)
     mask = AttentionMask(kv_valid=cache.mask, q_offset=cache.index)
     keys, values = k_layer.astype(q.dtype), v_layer.astype(q.dtype)
+    if cache.prompt is not None:
+        visible = _visible(mask, 0, t, keys.shape[2], None)
+        return _shared_prompt_attention(q, keys, values, visible, cache.prompt), (k_layer, v_layer)
     if resolve_backend(backend, current_platform(), q.dtype, q.shape[-1], dense_mask=True, t=t,
                        s=keys.shape[2]) == "xla":
         return _xla_attention(q, keys, values, mask, query_chunk), (k_layer, v_layer)
     # A cached read with several queries (chunked prefill) on a fused backend: its [B, S, K, H] layout.
     return attention(q, keys.swapaxes(1, 2), values.swapaxes(1, 2), mask, backend=backend,
                      query_chunk=query_chunk), (k_layer, v_layer)
+
+
+def prompt_slots(cache: LayerCache) -> int:
+    """Slots of a layer cache's shared prompt (0 without one)."""
+    return 0 if cache.prompt is None else cache.prompt.k.shape[2]
 
 
 def _visible(mask: AttentionMask, start, t: int, s: int, q_segments: jax.Array | None) -> jax.Array:
@@ -302,3 +318,29 @@ def _attention_block(q, k, v, visible) -> jax.Array:
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     out = jnp.einsum("BKGTS,BKSH->BKGTH", probs, v)
     return out.transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
+
+
+def _shared_prompt_attention(q, k, v, visible, prompt: PromptCache) -> jax.Array:
+    """q [B, T, N, H] over a shared prompt then the rows' own heads-major k, v [B, K, S, H] (visible [B or 1, T, S])
+    -> [B, T, N, H]: one softmax over both. Row b's queries meet prompt b // n's keys as n * G * T rows of one
+    matmul per prompt and kv head, so each prompt's keys are read once, not once per row."""
+    b, t, n, h = q.shape
+    kv_heads, p = k.shape[1], prompt.k.shape[0]
+    g, samples = n // kv_heads, b // p
+    q = q.reshape(b, t, kv_heads, g, h).transpose(0, 2, 3, 1, 4) * jnp.asarray(h**-0.5, q.dtype)  # [B, K, G, T, H]
+    qp = q.reshape(p, samples, kv_heads, g, t, h)
+    kp, vp = prompt.k.astype(q.dtype), prompt.v.astype(v.dtype)
+    f32 = jnp.float32
+    scores_p = jnp.einsum("PnKGTH,PKSH->PnKGTS", qp, kp, preferred_element_type=f32)
+    scores_p = jnp.where(prompt.mask[:, None, None, None, None, :], scores_p, _MASKED)
+    scores_p = scores_p.reshape(b, kv_heads, g, t, -1)
+    scores = jnp.einsum("BKGTH,BKSH->BKGTS", q, k, preferred_element_type=f32)
+    scores = jnp.where(visible[:, None, None], scores, _MASKED)
+    top = jnp.maximum(jnp.max(scores_p, -1, keepdims=True), jnp.max(scores, -1, keepdims=True))
+    e_p, e = jnp.exp(scores_p - top), jnp.exp(scores - top)
+    total = jnp.sum(e_p, -1, keepdims=True) + jnp.sum(e, -1, keepdims=True)
+    # probabilities rounded to the values' dtype, as _attention_block's softmax
+    probs_p = (e_p / total).astype(v.dtype).reshape(p, samples, kv_heads, g, t, -1)
+    out = (jnp.einsum("PnKGTS,PKSH->PnKGTH", probs_p, vp, preferred_element_type=f32).reshape(b, kv_heads, g, t, h)
+           + jnp.einsum("BKGTS,BKSH->BKGTH", (e / total).astype(v.dtype), v, preferred_element_type=f32))
+    return out.astype(q.dtype).transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)

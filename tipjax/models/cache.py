@@ -43,18 +43,43 @@ def to_cache(x: jax.Array, dtype) -> jax.Array:
 
 
 @struct.dataclass
+class PromptCache:
+    """The keys and values of P prompts that a cache's B = P * n rows share: row b reads prompt b // n (n samples
+    per prompt, as sampling.generate's num_samples lays rows out). The rows' own buffers then hold only their
+    responses, so a prompt's keys are computed, stored and read once for its n samples, not n times.
+
+    k, v:    tuples of L arrays [P, K, Sp, H] (in a LayerCache: one layer's array)
+    mask:    [P, Sp] bool, True on real prompt tokens (left padded within [0, length))
+    starts:  [P] int32, each prompt's first real slot
+    length:  static; slots [length, Sp) are empty (Sp is rounded up to a decode kernel's block)
+    """
+
+    k: tuple[jax.Array, ...] | jax.Array
+    v: tuple[jax.Array, ...] | jax.Array
+    mask: jax.Array
+    starts: jax.Array
+    length: int = struct.field(pytree_node=False, default=0)
+
+    def layer(self, i: int) -> PromptCache:
+        return self.replace(k=self.k[i], v=self.v[i])
+
+
+@struct.dataclass
 class KVCache:
     """Keys and values of every layer for S slots.
 
-    k, v:  tuples of L arrays [B, K, S, H] in the compute dtype or a CACHE_DTYPES one
-    mask:  [B, S] bool, True where a slot holds a real token (written and not padding)
-    index: int32 scalar, the next slot to write (same for all rows; rows differ only by mask)
+    k, v:   tuples of L arrays [B, K, S, H] in the compute dtype or a CACHE_DTYPES one
+    mask:   [B, S] bool, True where a slot holds a real token (written and not padding)
+    index:  int32 scalar, the next slot to write (same for all rows; rows differ only by mask)
+    prompt: a PromptCache the rows attend over before their own slots, or None. Its slots come first in every
+            row's sequence (queries see all of its real tokens), and the rows' slot 0 follows its last one.
     """
 
     k: tuple[jax.Array, ...]
     v: tuple[jax.Array, ...]
     mask: jax.Array
     index: jax.Array
+    prompt: PromptCache | None = None
 
     @classmethod
     def zeros(cls, num_layers: int, batch: int, max_len: int, num_kv_heads: int, head_dim: int,
@@ -81,7 +106,7 @@ class KVCache:
             return self
         pad = lambda x: jnp.pad(x, [(0, 0)] * 2 + [(0, extra), (0, 0)])
         return KVCache(k=tuple(map(pad, self.k)), v=tuple(map(pad, self.v)),
-                       mask=jnp.pad(self.mask, [(0, 0), (0, extra)]), index=self.index)
+                       mask=jnp.pad(self.mask, [(0, 0), (0, extra)]), index=self.index, prompt=self.prompt)
 
 
 @struct.dataclass
@@ -96,6 +121,7 @@ class LayerCache:
             reads only that range; rows that break the promise (finished rows writing padding) get
             unspecified but finite outputs.
     fresh:  static; promises index 0 (an empty cache): attention then reads the T new keys only.
+    prompt: the shared prompt's keys and values for this layer (KVCache.prompt), read before the row's own slots.
     """
 
     k: jax.Array
@@ -104,3 +130,4 @@ class LayerCache:
     index: jax.Array
     starts: jax.Array | None = None
     fresh: bool = struct.field(pytree_node=False, default=False)
+    prompt: PromptCache | None = None

@@ -15,6 +15,9 @@ tensor-core dots, the G queries padded to 16 rows. (The first version multiplied
 as G is only 1-8 rows: on an H200 it ran 2-5x slower than the xla path, Triton's reductions over 3-D register
 tiles being the cost.) Heads are handled as two halves [.., H/2] throughout, so the rotation needs no shuffle
 of a register tensor. The new key and value enter from registers: a program never reads the slot it writes.
+With a shared prompt (cache.PromptCache: a prompt's n samples read one copy of its keys) a program streams its
+prompt's blocks first, then its own: the n programs of a prompt read the same addresses at about the same time,
+so the prompt comes from HBM once and from L2 the other n - 1 times, in the same launch and with no combine.
 The cache may be stored in any cache dtype; over float8 the dots take float16 operands (DEFAULT_FLOAT8): with
 e4m3 -> bf16 conversions the kernel was slower than xla over float8 on an H200, with e4m3 -> f16 and blocks of
 128 it takes 16% less time (docs/performance.md, run I).
@@ -37,7 +40,7 @@ from jax.experimental.pallas import triton as pl_triton
 from jax.sharding import PartitionSpec as P
 
 from tipjax.models import sharding
-from tipjax.models.cache import to_cache
+from tipjax.models.cache import PromptCache, to_cache
 
 BLOCK = 32  # the fewest cache slots per loop iteration
 ROWS = 16   # a tensor-core dot's fewest rows: the G queries of a kv head are padded to it
@@ -111,7 +114,7 @@ def misfit(num_heads: int, num_kv_heads: int, head_dim: int) -> str | None:
 
 def attend(qkv: jax.Array, k_cache: jax.Array, v_cache: jax.Array, starts: jax.Array, index: jax.Array, *,
            rope: tuple[jax.Array, jax.Array] | None = None, qk_norm: jax.Array | None = None, eps: float = 1e-6,
-           interpret: bool | None = None, tiling: Tiling | None = None):
+           interpret: bool | None = None, tiling: Tiling | None = None, prompt: PromptCache | None = None):
     """Norm and rotate this step's queries and key, write key and value at slot `index`, attend over
     [starts[b], index].
 
@@ -126,6 +129,10 @@ def attend(qkv: jax.Array, k_cache: jax.Array, v_cache: jax.Array, starts: jax.A
       interpret: Pallas interpret mode; default: off on GPUs (CUDA or ROCm), on elsewhere.
       tiling: Triton launch settings (default: default_tiling of the cache's element size); S must be a multiple
         of tiling.block.
+      prompt: one layer's shared prompt (cache.PromptCache: k, v [P, K, Sp, H], Sp a multiple of the block), B a
+        multiple of P: row b first attends over prompt b // n's slots [prompt.starts, prompt.length), then over
+        its own. The n rows of a prompt read the same prompt slots at about the same time, so HBM serves them
+        once and the GPU's L2 cache the other n - 1 times.
     On a device mesh, call it under `jax.set_mesh` (the trainer does): the kernel then runs under shard_map per
     device. Without a mesh context XLA would gather sharded operands for the Triton call.
     Returns:
@@ -134,9 +141,13 @@ def attend(qkv: jax.Array, k_cache: jax.Array, v_cache: jax.Array, starts: jax.A
     b, kv, e, h = qkv.shape
     g, s = e - 2, k_cache.shape[2]
     tiling = tiling or default_tiling(jnp.dtype(k_cache.dtype).itemsize)
-    if not fits(g, h, s, tiling.block):
+    sp = 0 if prompt is None else prompt.k.shape[2]
+    if not fits(g, h, s, tiling.block) or sp % tiling.block:
         raise ValueError(f"the Pallas decode kernel needs power-of-two groups and head_dim >= 32 and slots a "
-                         f"multiple of {tiling.block}; got G={g}, H={h}, S={s}")
+                         f"multiple of {tiling.block}; got G={g}, H={h}, S={s}, prompt slots {sp}")
+    if prompt is not None and (b % prompt.k.shape[0] or prompt.k.dtype != k_cache.dtype):
+        raise ValueError(f"a shared prompt needs rows a multiple of its prompts and the rows' cache dtype; got "
+                         f"{b} rows of {k_cache.dtype} and {prompt.k.shape[0]} prompts of {prompt.k.dtype}")
     if interpret is None:
         interpret = jax.default_backend() != "gpu"
     half = h // 2
@@ -145,31 +156,43 @@ def attend(qkv: jax.Array, k_cache: jax.Array, v_cache: jax.Array, starts: jax.A
     norm = jnp.ones((g + 1, h), qkv.dtype) if qk_norm is None else qk_norm.astype(qkv.dtype)
     args = (starts.astype(jnp.int32), jnp.reshape(index, (1,)).astype(jnp.int32), qkv, cos.astype(jnp.float32),
             sin.astype(jnp.float32), norm, k_cache, v_cache)
+    if prompt is not None:
+        args += (prompt.starts.astype(jnp.int32), prompt.k, prompt.v)
     run = functools.partial(_call, scale=h**-0.5, eps=eps, normed=qk_norm is not None, rotated=rope is not None,
-                            interpret=interpret, tiling=tiling)
+                            interpret=interpret, tiling=tiling, prompt_length=None if prompt is None else prompt.length)
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or mesh.size == 1:
         return run(*args)
     # XLA does not partition a Triton call: on a mesh each device runs the kernel on its own rows and kv heads
     # (split as the sampling rules place the cache; an axis that does not divide stays replicated).
-    slab_spec = sharding.logical_to_spec(("batch", "kv_heads", None, None), sharding.SAMPLING_RULES,
-                                         shape=k_cache.shape, mesh=mesh)
+    spec = lambda shape: sharding.logical_to_spec(("batch", "kv_heads", None, None), sharding.SAMPLING_RULES,
+                                                  shape=shape, mesh=mesh)
+    slab_spec = spec(k_cache.shape)
+    prompt_spec = None if prompt is None else spec(prompt.k.shape)
+    if prompt is not None and prompt_spec[0] != slab_spec[0]:
+        # prompts that do not split as their rows do: every device gets all rows (one gather, still correct)
+        slab_spec, prompt_spec = P(None, *slab_spec[1:]), P(None, *prompt_spec[1:])
     rows = P(slab_spec[0])
     in_specs = (rows, P(), slab_spec, P(slab_spec[0], None), P(slab_spec[0], None), P(), slab_spec, slab_spec)
+    if prompt is not None:
+        in_specs += (P(prompt_spec[0]), prompt_spec, prompt_spec)
     return jax.shard_map(run, mesh=mesh, in_specs=in_specs, out_specs=(slab_spec, slab_spec, slab_spec),
                          check_vma=False)(*args)
 
 
-def _call(starts, index, qkv, cos, sin, norm, k_cache, v_cache, *, scale, eps, normed, rotated, interpret, tiling):
+def _call(starts, index, qkv, cos, sin, norm, k_cache, v_cache, *shared, scale, eps, normed, rotated, interpret,
+          tiling, prompt_length):
     b, kv, e, h = qkv.shape
     g, s, half = e - 2, k_cache.shape[2], h // 2
-    splits = tiling.splits or auto_splits(b * kv, s // tiling.block)  # shapes here are per device on a mesh
+    sp = shared[1].shape[2] if shared else 0
+    samples = b // shared[1].shape[0] if shared else 1  # shapes here are per device on a mesh
+    splits = tiling.splits or auto_splits(b * kv, (s + sp) // tiling.block)
     operands = qkv.dtype  # float16 operands over float8 only: bf16 -> f16 would round 16-bit cache values
     if tiling.float8_operands and jnp.dtype(k_cache.dtype).itemsize == 1 and qkv.dtype != jnp.float32:
         operands = jnp.dtype(tiling.float8_operands)
     kernel = functools.partial(_kernel, groups=g, half=half, scale=scale, eps=eps, normed=normed, rotated=rotated,
                                block=tiling.block, splits=splits, operands=operands,
-                               transposed=tiling.transposed)
+                               transposed=tiling.transposed, prompt_length=prompt_length)
     slab = lambda i, j, k: (i, j, 0, 0)
     if splits == 1:  # the kernel normalises its own output
         parts = [pl.BlockSpec((None, None, g, h), slab)], [jax.ShapeDtypeStruct((b, kv, g, h), qkv.dtype)]
@@ -191,7 +214,11 @@ def _call(starts, index, qkv, cos, sin, norm, k_cache, v_cache, *, scale, eps, n
             pl.BlockSpec((g + 1, h), lambda i, j, k: (0, 0)),       # qk_norm
             pl.BlockSpec((None, None, s, h), slab),                 # k_cache
             pl.BlockSpec((None, None, s, h), slab),                 # v_cache
-        ],
+        ] + ([
+            pl.BlockSpec((None,), lambda i, j, k: (i // samples,)),                  # the row's prompt's start
+            pl.BlockSpec((None, None, sp, h), lambda i, j, k: (i // samples, j, 0, 0)),  # its keys
+            pl.BlockSpec((None, None, sp, h), lambda i, j, k: (i // samples, j, 0, 0)),  # its values
+        ] if shared else []),
         out_specs=parts[0] + [pl.BlockSpec((None, None, s, h), slab), pl.BlockSpec((None, None, s, h), slab)],
         out_shape=parts[1] + [jax.ShapeDtypeStruct(k_cache.shape, k_cache.dtype),
                               jax.ShapeDtypeStruct(v_cache.shape, v_cache.dtype)],
@@ -201,7 +228,7 @@ def _call(starts, index, qkv, cos, sin, norm, k_cache, v_cache, *, scale, eps, n
         compiler_params=pl_triton.CompilerParams(num_warps=tiling.num_warps, num_stages=tiling.num_stages),
         interpret=interpret,
         name="tipjax_decode_attention",
-    )(starts, index, qkv, cos, sin, norm, k_cache, v_cache)
+    )(starts, index, qkv, cos, sin, norm, k_cache, v_cache, *shared)
     if splits == 1:
         return tuple(results)
     acc, m, l, k_layer, v_layer = results
@@ -212,7 +239,9 @@ def _call(starts, index, qkv, cos, sin, norm, k_cache, v_cache, *, scale, eps, n
 
 
 def _kernel(starts_ref, index_ref, qkv_ref, cos_ref, sin_ref, norm_ref, k_ref, v_ref, *refs,
-            groups, half, scale, eps, normed, rotated, block, splits, operands, transposed):
+            groups, half, scale, eps, normed, rotated, block, splits, operands, transposed, prompt_length):
+    shared = prompt_length is not None
+    prompt_refs, refs = (refs[:3], refs[3:]) if shared else ((), refs)  # (its start, keys, values)
     out_refs, (ko_ref, vo_ref) = refs[:-2], refs[-2:]  # (out,) or (acc, max, normaliser) per split
     f32, dtype = jnp.float32, qkv_ref.dtype
     first = pl.program_id(2) == 0
@@ -268,14 +297,14 @@ def _kernel(starts_ref, index_ref, qkv_ref, cos_ref, sin_ref, norm_ref, k_ref, v
     dot = lambda a, b, a_dim, b_dim: jax.lax.dot_general(a, b, (((a_dim,), (b_dim,)), ((), ())),
                                                          precision=precision, preferred_element_type=f32)
 
-    def step(j, carry):
+    def step(j, carry, k_ref, v_ref, start, end):  # cache block j of slots [start, end)
         m, norm, acc = carry
         at = pl.multiple_of(j * block, block)
         slots = pl.ds(at, block)
         keys1, keys2 = k_ref[slots, lo].astype(operands), k_ref[slots, hi].astype(operands)  # [BLOCK, H/2]
         values = v_ref[slots, :].astype(operands)                                            # [BLOCK, H]
         at_slot = at + jnp.arange(block)
-        seen = (at_slot >= start) & (at_slot < index)                                  # the new slot: above
+        seen = (at_slot >= start) & (at_slot < end)
         if transposed:
             scores = dot(keys1, qm1, 1, 1) + dot(keys2, qm2, 1, 1)
         else:
@@ -290,10 +319,25 @@ def _kernel(starts_ref, index_ref, qkv_ref, cos_ref, sin_ref, norm_ref, k_ref, v
         acc = acc * per_query(fade) + (dot(values, p_op, 0, 0) if transposed else dot(p_op, values, 1, 0))
         return m_next, norm * fade + jnp.sum(p, over), acc
 
+    # The blocks to stream: the shared prompt's (if any), then the row's own up to the new slot (above). Split
+    # programs take consecutive shares of that sequence.
+    carry = (m, norm, acc)
     lo_block, hi_block = start // block, (index + block - 1) // block
-    share = (hi_block - lo_block + splits - 1) // splits  # blocks per split
-    mine = lo_block + pl.program_id(2) * share
-    m, norm, acc = jax.lax.fori_loop(mine, jnp.minimum(mine + share, hi_block), step, (m, norm, acc))
+    p_lo = p_count = 0
+    if shared:
+        p_start = prompt_refs[0][()]
+        p_lo = p_start // block
+        p_count = (prompt_length + block - 1) // block - p_lo
+    share = (p_count + hi_block - lo_block + splits - 1) // splits  # blocks per split
+    mine = pl.program_id(2) * share
+    mine_end = jnp.minimum(mine + share, p_count + hi_block - lo_block)
+    if shared:
+        prompt_step = functools.partial(step, k_ref=prompt_refs[1], v_ref=prompt_refs[2], start=p_start,
+                                        end=prompt_length)
+        carry = jax.lax.fori_loop(p_lo + mine, p_lo + jnp.minimum(mine_end, p_count), prompt_step, carry)
+    own_step = functools.partial(step, k_ref=k_ref, v_ref=v_ref, start=start, end=index)  # the new slot: above
+    shift = lo_block - p_count
+    m, norm, acc = jax.lax.fori_loop(shift + jnp.maximum(mine, p_count), shift + mine_end, own_step, carry)
     acc = acc.T if transposed else acc
     if splits == 1:
         out_refs[0][...] = narrow(acc / norm[:, None]).astype(out_refs[0].dtype)

@@ -173,13 +173,16 @@ class Decoder(nnx.Module):
         Otherwise the layers run unrolled, each on its own cache buffer (no per-step copies), with the
         per-layer weights `layers` (default: self.decode_layers() here; a decode loop makes them once outside).
         xla attention reads every slot of the cache (size it with init_cache / KVCache.grow); starts [B]: see
-        LayerCache.starts (lets a decode kernel read only the filled slots).
+        LayerCache.starts (lets a decode kernel read only the filled slots). A cache with a shared prompt
+        (KVCache.prompt) is read after it; a fresh one must not have one.
         """
         t = tokens.shape[1]
         index = cache.index
         kv_mask = jax.lax.dynamic_update_slice(cache.mask, token_mask.astype(jnp.bool_), (0, index))
         x = self._embed(tokens)
         if fresh:
+            if cache.prompt is not None:
+                raise ValueError("hidden_cached(fresh=True) cannot read a shared prompt: prefill the prompts themselves")
             mask = attn.AttentionMask(kv_valid=token_mask.astype(jnp.bool_))
 
             def step(x, blk):
@@ -194,11 +197,13 @@ class Decoder(nnx.Module):
         layers = self.decode_layers() if layers is None else layers
         k, v = [], []
         for i, blk in enumerate(layers):
-            view = LayerCache(k=cache.k[i], v=cache.v[i], mask=kv_mask, index=index, starts=starts)
+            view = LayerCache(k=cache.k[i], v=cache.v[i], mask=kv_mask, index=index, starts=starts,
+                              prompt=None if cache.prompt is None else cache.prompt.layer(i))
             x, (k_i, v_i) = self._block(blk, x, positions, cache=view)
             k.append(k_i)
             v.append(v_i)
-        return self._final_norm(x), KVCache(k=tuple(k), v=tuple(v), mask=kv_mask, index=index + t)
+        return self._final_norm(x), KVCache(k=tuple(k), v=tuple(v), mask=kv_mask, index=index + t,
+                                            prompt=cache.prompt)
 
     def decode_layers(self) -> tuple[DecodeLayer, ...]:
         """The L layers' weights for decode steps (sliced from the stack, projections stacked; a copy)."""
@@ -292,7 +297,7 @@ class Decoder(nnx.Module):
         if cache is None or cache.fresh:
             return False
         return attn.model_decode_backend(cfg, t=t, s=cache.k.shape[2], contiguous=cache.starts is not None,
-                                         cache_dtype=cache.k.dtype) == "pallas"
+                                         cache_dtype=cache.k.dtype, prompt_slots=attn.prompt_slots(cache)) == "pallas"
 
     def _stacked_qkv(self, blk: DecodeLayer, h: jax.Array) -> jax.Array:
         """h [B, T, D] -> [M = B * T, K, G + 2, H]: per kv head its G queries, its key and its value."""
@@ -310,7 +315,7 @@ class Decoder(nnx.Module):
         with jax.named_scope("attention"):
             out, k_layer, v_layer = decode_kernel.attend(
                 qkv, cache.k, cache.v, cache.starts, cache.index, rope=ops.rope_cos_sin(positions[:, 0], inv_freq),
-                qk_norm=blk.qk_norm if cfg.qk_norm else None, eps=cfg.rms_norm_eps)
+                qk_norm=blk.qk_norm if cfg.qk_norm else None, eps=cfg.rms_norm_eps, prompt=cache.prompt)
         return out.reshape(b, 1, cfg.num_heads, cfg.head_dim), (k_layer, v_layer)
 
     def _decode_qkv(self, blk: DecodeLayer, h: jax.Array, positions: jax.Array, inv_freq) -> tuple[jax.Array, ...]:

@@ -90,7 +90,7 @@ def batch_sharding(mesh: Mesh, rules: Rules = STORAGE_RULES, ndim: int = 2) -> N
     return NamedSharding(mesh, logical_to_spec(("batch",) + (None,) * (ndim - 1), rules, mesh=mesh))
 
 
-# KVCache leaves' logical axes: each layer's k, v [B, K, S, H]; mask [B, S]; index scalar.
+# KVCache leaves' logical axes: each layer's k, v [B, K, S, H]; mask [B, S]; index scalar (a PromptCache's alike).
 CACHE_AXES = {"k": ("batch", "kv_heads", None, "head_dim"), "v": ("batch", "kv_heads", None, "head_dim"),
               "mask": ("batch", None), "index": ()}
 
@@ -100,5 +100,11 @@ def cache_shardings(cache, mesh: Mesh, rules: Rules = SAMPLING_RULES):
     def spec(name, x):
         return NamedSharding(mesh, logical_to_spec(CACHE_AXES[name], rules, shape=x.shape, mesh=mesh))
 
+    prompt = cache.prompt
+    if prompt is not None:  # a shared prompt's leaves: prompts where the rows have rows
+        prompt = prompt.replace(k=tuple(spec("k", x) for x in prompt.k), v=tuple(spec("v", x) for x in prompt.v),
+                                mask=spec("mask", prompt.mask),
+                                starts=NamedSharding(mesh, logical_to_spec(("batch",), rules, shape=prompt.starts.shape,
+                                                                          mesh=mesh)))
     return type(cache)(k=tuple(spec("k", x) for x in cache.k), v=tuple(spec("v", x) for x in cache.v),
-                       mask=spec("mask", cache.mask), index=spec("index", cache.index))
+                       mask=spec("mask", cache.mask), index=spec("index", cache.index), prompt=prompt)
