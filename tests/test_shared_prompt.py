@@ -209,3 +209,32 @@ def test_a_prompt_that_does_not_fit_the_kernel_is_an_error():
     with pytest.raises(ValueError, match="prompt slots=48"):
         attention.resolve_decode_backend("pallas", "cuda", t=1, s=64, head_dim=32, contiguous=True, groups=2,
                                          prompt_slots=48)
+
+
+def test_the_decode_loop_copies_neither_the_shared_prompt_nor_the_rows_caches():
+    """The compiled sampler (Qwen3-0.6B widths, 2 layers, 2 prompts x 4 samples, prompt 128, 64 new): no
+    instruction of the decode loop copies the prompts' keys [2, 8, 128, 128] or a row cache [8, 8, 64, 128]."""
+    import hlo_loops
+    from test_decode_paths import CARRIED
+
+    cfg = models.PRESETS["Qwen3-0.6B"].replace(param_dtype="bfloat16", compute_dtype="bfloat16", vocab_size=1024,
+                                               num_layers=2)
+    ids = jax.ShapeDtypeStruct((2, 128), jnp.int32)
+    settings = sampling.DecodeSettings(prompt_len=128, max_new_tokens=64, temperature=1.0, top_k=0, top_p=1.0,
+                                       eos_ids=(), pad_id=0, segments=1, prompt_samples=4)
+    args = (models.abstract(cfg), ids, ids, jax.eval_shape(lambda: jax.random.key(0)))
+    text = sampling._jit_generate.trace(*args, settings=settings, cache_dtype=None).lower().compile().as_text()
+    loop = hlo_loops.loop_lines(text, CARRIED)  # the sampler's tokens [8, 128 + 64] mark the decode loop
+    assert loop
+    assert hlo_loops.cache_writes(loop, 2, 8, 128, 128, ops=("copy",)) == []
+    assert hlo_loops.cache_writes(loop, 8, 8, 128, 64, ops=("copy",)) == []
+    assert "bf16[2,8,128,128]" in "\n".join(loop)  # the loop does read the shared prompt
+
+
+def test_bench_smoke_draws_the_same_tokens(tmp_path):
+    """scripts/bench_shared_prompt.py --smoke: both settings run and agree token for token."""
+    import bench_shared_prompt
+
+    rows = bench_shared_prompt.main(["--smoke", f"--out={tmp_path / 'x.json'}"])
+    assert [r["rows_same_tokens"] for r in rows] == [r["rows"] for r in rows] == [8]
+    assert rows[0]["max_logprob_gap_before_divergence"] < 1e-5
