@@ -25,7 +25,8 @@ MEMORY_CONFIG = ROOT / "configs" / "opd_qwen3_8b_to_4b.py"
 MEMORY_VARIANTS = {"all": ("all", 1.0), "soft_or50": ("soft_or", 0.5), "entropy50": ("entropy_sample", 0.5),
                    "q3_10": ("q3", 0.1)}
 MEMORY_RUNS = [("all", []), ("soft_or50", []), ("entropy50", []), ("q3_10", []),
-               ("all", ["--config.rollout.groups=8"]), ("soft_or50", ["--config.rollout.groups=8"])]
+               ("all", ["--config.rollout.groups=8"]), ("soft_or50", ["--config.rollout.groups=8"]),
+               ("all", ["--config.rollout.share_prompt=False"])]
 
 
 # --- the child: one AOT compile ---------------------------------------------------------------------------
@@ -76,9 +77,14 @@ def dry_run_child(variant: str, overrides: list[str]) -> None:
     c = s.student.config
     shards = s.mesh.shape["data"] * s.mesh.shape["fsdp"]
     kv_bytes = jax.numpy.dtype(c.compute_dtype).itemsize
+    # Slots per rollout group: each row's response, and its prompt once per row or (shared: sampling.generate's
+    # share_prompt, as step._rollout asks for it) once per prompt.
+    n, groups = cfg.rollout.samples_per_prompt, cfg.rollout.groups
+    shared = cfg.rollout.share_prompt and n > 1 and (groups == 1 or (n % groups == 0 and n > groups))
+    prompt_copies = cfg.prompts_per_step if shared else rows / groups
+    slots = rows / groups * cfg.rollout.max_new_tokens + prompt_copies * cfg.data.max_prompt_length
     report["kv_cache_gib_per_device"] = (
-        2 * c.num_layers * c.num_kv_heads * c.head_dim * (cfg.data.max_prompt_length + cfg.rollout.max_new_tokens)
-        * rows / shards / cfg.rollout.groups * kv_bytes
+        2 * c.num_layers * c.num_kv_heads * c.head_dim * slots / shards * kv_bytes
         / min(s.mesh.shape["tensor"], c.num_kv_heads) / 2**30)
     report["largest_temporaries"] = largest_temporaries(os.environ.get("BENCH_XLA_DUMP"))
     print("BENCH_JSON " + json.dumps(report))
