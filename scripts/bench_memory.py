@@ -49,7 +49,7 @@ def dry_run_child(variant: str, overrides: list[str]) -> None:
     from tipjax import models, train
 
     cfg = memory_config(variant, overrides)
-    train.validate(cfg)
+    train.validate(cfg, dry_run=True)  # as the CLI with --dry_run: no prompt file needed
     report = train.dry_run(cfg)
     s = train.setup(cfg, abstract=True)
     state = jax.eval_shape(s.init_fn, s.student, jax.ShapeDtypeStruct((2,), jax.numpy.uint32))

@@ -122,9 +122,10 @@ def _scripted_generate(tokenizer, answers_by_prompt):
     seen = {}
     eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
 
-    def generate(model, prompt_ids, prompt_mask, *, max_new_tokens, rng, **settings):
+    def generate(model, prompt_ids, prompt_mask, *, max_new_tokens, rng, num_samples=1, **settings):
         rows = []
-        for ids, mask in zip(np.asarray(prompt_ids), np.asarray(prompt_mask)):
+        prompt_ids, prompt_mask = (np.repeat(np.asarray(x), num_samples, axis=0) for x in (prompt_ids, prompt_mask))
+        for ids, mask in zip(prompt_ids, prompt_mask):
             index, answer = answers_by_prompt[tuple(ids[mask > 0])]
             k = seen.get(index, 0)
             seen[index] = k + 1
@@ -145,12 +146,23 @@ def _scripted_generate(tokenizer, answers_by_prompt):
     return generate
 
 
-def test_metrics_with_a_scripted_sampler(tokenizer):
-    n, limit, max_new = 5, 12, 24
+@pytest.mark.parametrize("n, batch_size, sharing", [(5, 7, 1), (5, 10, 5), (6, 3, 3)])
+def test_metrics_with_a_scripted_sampler(tokenizer, n, batch_size, sharing):
+    """Whatever the batching, the samples reach their problems in order: with whole prompts per batch (or whole
+    batches per prompt) each generate call gets each prompt once and num_samples (the shared prompt keys)."""
+    limit, max_new = 12, 24
     prompts = data.load_prompts(MATH500, tokenizer, limit=limit)
     answers = {tuple(p.token_ids): (p.index, p.answer) for p in prompts.prompts}
-    report = tev.evaluate(None, tokenizer, prompts, n=n, max_new_tokens=max_new, batch_size=7, progress=False,
-                          generate=_scripted_generate(tokenizer, answers))
+    calls = []
+    scripted = _scripted_generate(tokenizer, answers)
+
+    def generate(model, prompt_ids, prompt_mask, **kw):
+        calls.append((np.asarray(prompt_ids).shape[0], kw.get("num_samples", 1)))
+        return scripted(model, prompt_ids, prompt_mask, **kw)
+
+    report = tev.evaluate(None, tokenizer, prompts, n=n, max_new_tokens=max_new, batch_size=batch_size,
+                          progress=False, generate=generate)
+    assert set(calls) == {(batch_size // sharing, sharing)} and report["timing"]["rows_sharing_a_prompt"] == sharing
     expected = np.array([[(i + k) % 3 == 0 for k in range(n)] for i in range(limit)], float)
     per_problem = expected.mean(1)
     solved = (expected.sum(1) > 0).astype(float)
@@ -166,4 +178,4 @@ def test_metrics_with_a_scripted_sampler(tokenizer):
         members = [i for i, r in enumerate(rows) if str(r["level"]) == level]
         assert report["by_level"][level]["mean_at_n"] == pytest.approx(per_problem[members].mean())
         assert report["by_level"][level]["n_problems"] == len(members)
-    assert report["timing"]["generate_calls"] == -(-limit * n // 7)
+    assert report["timing"]["generate_calls"] == len(calls) == -(-limit * n // batch_size)

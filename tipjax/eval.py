@@ -176,6 +176,14 @@ def _sample_plan(prompt_set: data.PromptSet, n: int, batch_size: int) -> list[li
     return [jobs[k:k + batch_size] for k in range(0, len(jobs), batch_size)]
 
 
+def _samples_per_prompt(n: int, batch_size: int) -> int:
+    """Rows of one prompt in every generate call, which then share its keys (sampling.generate's num_samples):
+    n when a batch holds whole prompts, batch_size when a prompt fills whole batches, else 1."""
+    if batch_size % n == 0:
+        return n
+    return batch_size if n % batch_size == 0 else 1
+
+
 def evaluate(model, tokenizer, prompts: data.PromptSet | str | Path, *, n: int = 16, temperature: float = 1.0,
              top_p: float = 1.0, top_k: int = 0, max_new_tokens: int = 8192, batch_size: int = 64, seed: int = 0,
              limit: int | None = None, eos_token_ids: Sequence[int] | None = None,
@@ -224,17 +232,19 @@ def evaluate(model, tokenizer, prompts: data.PromptSet | str | Path, *, n: int =
     bar = tqdm(total=n_prompts * n, desc=f"eval {data.dataset_name(prompts.path)}", unit="sample",
                disable=not progress, file=sys.stderr)
     plans = _sample_plan(prompts, n, batch_size)
+    per = _samples_per_prompt(n, batch_size)  # the plan's batches are runs of `per` rows of one prompt
+    shared = {"num_samples": per} if per > 1 else {}
     pending = None
     for b, plan in enumerate(plans):
         # Fixed row count: the last batch is filled with copies of its first prompt, whose results are dropped.
         rows = [prompts.prompts[i] for i, _ in plan]
-        batch = data.collate(rows + rows[:1] * (batch_size - len(rows)), pad_id, buckets)
+        batch = data.collate((rows + rows[:1] * (batch_size - len(rows)))[::per], pad_id, buckets)
         t0 = time.perf_counter()
         out = generate(model, batch["prompt_ids"], batch["prompt_mask"], max_new_tokens=max_new_tokens,
                        temperature=temperature, top_p=top_p, top_k=top_k, eos_token_id=eos,
-                       rng=jax.random.fold_in(key, b), pad_token_id=pad_id, buckets=buckets)
+                       rng=jax.random.fold_in(key, b), pad_token_id=pad_id, buckets=buckets, **shared)
         timing["sampling_s"] += time.perf_counter() - t0
-        shapes.add(batch["prompt_ids"].shape)
+        shapes.add((batch["prompt_ids"].shape[0] * per, batch["prompt_ids"].shape[1]))  # rows, prompt width
         if pending is not None:
             collect(*pending)
         pending = (plan, out, batch["prompt_ids"].shape[1])
@@ -247,7 +257,7 @@ def evaluate(model, tokenizer, prompts: data.PromptSet | str | Path, *, n: int =
         file=prompts.path, n=n, n_rows=prompts.n_rows, skipped_prompts=prompts.n_skipped,
         truncated_prompts=prompts.n_truncated,
         timing={**timing, "total_s": time.perf_counter() - start, "generate_calls": len(plans),
-                "batch_shapes": sorted(list(s) for s in shapes)},
+                "batch_shapes": sorted(list(s) for s in shapes), "rows_sharing_a_prompt": per},
         problems=[_problem_entry(p, correct[k], lengths[k], texts[k] if texts else None)
                   for k, p in enumerate(prompts.prompts)])
     return report
