@@ -87,16 +87,40 @@ def largest_temporaries(ok: list[dict]) -> str:
     return "".join(lines)
 
 
+def _peak(ok: list[dict], rule: str, override: str | None = None) -> float | None:
+    """The peak estimate of the row for `rule` with exactly `override` (or none)."""
+    want = [] if override is None else [override]
+    rows = [r for r in ok if rule_name(r) == rule and r.get("overrides", []) == want]
+    return rows[0]["per_device_gib"]["peak_estimate"] if rows else None
+
+
+def notes(ok: list[dict]) -> str:
+    """The paragraph under the table, its numbers from the rows (a row that did not run: "-")."""
+    plain = {round(r["per_device_gib"]["peak_estimate"], 1) for r in ok if not r.get("overrides")}
+    base = _peak(ok, "all@1.0")
+    selected = [r["per_device_gib"]["peak_estimate"] for r in ok if not r.get("overrides") and r.get("rule") != "all"]
+    if len(plain) == 1:
+        peak_sentence = "Every rule compiles to the same peak."
+    else:
+        extra = fmt(max(selected) - base if selected and base is not None else None)
+        peak_sentence = (f"The selection rules' peak is {extra} GiB above all-token training's: with micro_batches > 1 "
+                         f"and norm_scope \"batch\" they plan the selection in a statistics pass over the whole batch "
+                         f"and keep the teacher's hidden states for the gradient pass (\"Batch-scope selection under "
+                         f"micro-batching\" below).")
+    groups, unshared = _peak(ok, "all@1.0", "--config.rollout.groups=8"), _peak(
+        ok, "all@1.0", "--config.rollout.share_prompt=False")
+    diff = lambda a, b: fmt(a - b if a is not None and b is not None else None)
+    return template("training_memory_notes.md").format(peak_sentence=peak_sentence, groups_saving=diff(base, groups),
+                                                       share_cost=diff(unshared, base))
+
+
 def memory_block(mem: dict, ok: list[dict]) -> str:
     m = ok[0]["settings"]
-    plain = [r for r in ok if not r.get("overrides")]
-    same_peak = len(plain) > 1 and len({round(r["per_device_gib"]["peak_estimate"], 1) for r in plain}) == 1
     fields = {**m, **ok[0]["inputs_gib"],
               "config": mem["config"], "command": mem["command"], "tipjax_commit": mem["tipjax_commit"],
               "mesh": " x ".join(f"{k} {v}" for k, v in m["mesh"].items()),
               "rows_per_micro_batch": m["rows"] // m["micro_batches"], "table": memory_table(mem["rows"]),
-              "largest_temporaries": largest_temporaries(ok),
-              "same_peak": "\n" + template("training_memory_same_peak.md") if same_peak else ""}
+              "largest_temporaries": largest_temporaries(ok), "notes": "\n" + notes(ok)}
     return template("training_memory.md").format(**fields)
 
 
