@@ -168,6 +168,25 @@ MUTANTS: tuple[Mutant, ...] = (
         "logprob = jnp.take_along_axis(jax.nn.log_softmax(s.next_logits / (settings.temperature or 1.0), axis=-1)",
         ("tests/test_update_math.py", "tests/test_sampling.py", "tests/test_step_consistency.py"),
         "out.logprobs under the temperature-scaled distribution instead of the unmodified model"),
+    Mutant(
+        "shared_rows_start_at_the_prompt_start", "tipjax/sampling.py",
+        "starts = jnp.zeros_like(lengths)  # the rows' own slots hold their responses, from slot 0",
+        "starts = jnp.repeat(starts, samples)",
+        ("tests/test_shared_prompt.py",),
+        "rows sharing a prompt keep its left-padding start for their own response slots (the kernel then skips "
+        "their first responses)"),
+    Mutant(
+        "shared_groups_concatenated", "tipjax/step.py",
+        "jax.random.split(rng, roll.groups))\n        return jax.tree.map(rows.merge, out)",
+        "jax.random.split(rng, roll.groups))\n        return jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), out)",
+        ("tests/test_shared_prompt.py",),
+        "rollout groups with shared prompts stacked group after group instead of in rows.split's strided order"),
+    Mutant(
+        "eval_shared_batch_takes_first_rows", "tipjax/eval.py",
+        "batch = data.collate((rows + rows[:1] * (batch_size - len(rows)))[::per], pad_id, buckets)",
+        "batch = data.collate((rows + rows[:1] * (batch_size - len(rows)))[:batch_size // per], pad_id, buckets)",
+        ("tests/test_eval_cli.py",),
+        "an eval batch of whole prompts passes its first batch_size / n rows, not one row per prompt"),
     # --- models ----------------------------------------------------------------------------------------------
     Mutant(
         "rope_rotation_sign", "tipjax/models/layers.py",
@@ -183,8 +202,8 @@ MUTANTS: tuple[Mutant, ...] = (
         "RMSNorm adds eps after the square root instead of inside it"),
     Mutant(
         "qk_norm_skipped", "tipjax/models/decoder.py",
-        "if cfg.qk_norm:\n                q = ops.rms_norm(q, w(blk.q_norm)",
-        "if False:\n                q = ops.rms_norm(q, w(blk.q_norm)",
+        "if cfg.qk_norm:\n                    q = ops.rms_norm(q, w(blk.q_norm)",
+        "if False:\n                    q = ops.rms_norm(q, w(blk.q_norm)",
         ("tests/test_models_hf.py",),
         "Qwen3's per-head q/k RMSNorm is never applied"),
     Mutant(
@@ -195,6 +214,24 @@ MUTANTS: tuple[Mutant, ...] = (
         "GQA query head n reads kv head n % K instead of n // G (xla backend; output heads put back in order)",
         also=(("return out.transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)",
                "return out.transpose(0, 3, 2, 1, 4).reshape(b, t, n, h)"),)),
+    Mutant(
+        "shared_prompt_padding_visible", "tipjax/models/attention.py",
+        "scores_p = jnp.where(prompt.mask[:, None, None, None, None, :], scores_p, _MASKED)",
+        "scores_p = jnp.where(prompt.mask[:, None, None, None, None, :] | True, scores_p, _MASKED)",
+        ("tests/test_shared_prompt.py",),
+        "xla attention over a shared prompt sees its left padding and empty slots"),
+    Mutant(
+        "kernel_prompt_read_past_its_length", "tipjax/models/decode_kernel.py",
+        "end=prompt_length)",
+        "end=prompt_length + block)",
+        ("tests/test_shared_prompt.py",),
+        "the decode kernel streams a shared prompt's empty slots past its length"),
+    Mutant(
+        "kernel_rows_read_the_wrong_prompt", "tipjax/models/decode_kernel.py",
+        "lambda i, j, k: (i // samples, j, 0, 0)),  # its keys",
+        "lambda i, j, k: (i % (b // samples), j, 0, 0)),  # its keys",
+        ("tests/test_shared_prompt.py",),
+        "decode kernel row b reads the keys of prompt b mod P instead of b // n (its values stay right)"),
     # --- training loop, checkpoints ---------------------------------------------------------------------------
     Mutant(
         "prompt_state_not_restored", "tipjax/train.py",
