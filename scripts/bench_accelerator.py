@@ -127,13 +127,16 @@ def _decode_rows(model, cfg, variant, tp, new, smoke, rows):
     import numpy as np
     from tipjax import sampling
 
+    samples = variant.get("samples", 1)  # rows per prompt: b rows are b / samples prompts' samples
+    generate = dict(variant.get("generate", {}), **({"num_samples": samples} if samples > 1 else {}))
     for b in variant.get("batches", (2, 4) if smoke else (8, 64)):
-        ids = jnp.asarray(np.random.default_rng(0).integers(3, min(cfg.vocab_size, 50000), (b, tp)), jnp.int32)
+        ids = jnp.asarray(np.random.default_rng(0).integers(3, min(cfg.vocab_size, 50000), (b // samples, tp)),
+                          jnp.int32)
         mask = jnp.ones_like(ids)
 
         def run():
             out = sampling.generate(model, ids, mask, max_new_tokens=new, temperature=1.0, top_p=1.0, top_k=0,
-                                    eos_token_id=None, rng=jax.random.PRNGKey(1), **variant.get("generate", {}))
+                                    eos_token_id=None, rng=jax.random.PRNGKey(1), **generate)
             return jax.block_until_ready(out.tokens)
 
         t0 = time.perf_counter()
@@ -141,7 +144,9 @@ def _decode_rows(model, cfg, variant, tp, new, smoke, rows):
         first = time.perf_counter() - t0
         seconds = _median_time(run, 3)
         cache_bytes = jnp.dtype(variant.get("generate", {}).get("cache_dtype") or cfg.compute_dtype).itemsize
-        kv_bytes = b * (tp + new / 2) * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * 2 * cache_bytes
+        prompt_copies = b // samples if samples > 1 and generate.get("share_prompt", True) else b  # read per step
+        kv_bytes = ((b * new / 2 + prompt_copies * tp) * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * 2
+                    * cache_bytes)
         weight_bytes = 2 * (_body_params(cfg) + cfg.hidden_size * cfg.vocab_size)
         rows.append(dict(variant=variant["name"], batch=b, ms_per_step=seconds / new * 1e3,
                          compile_s=first - seconds, bytes_per_step=weight_bytes + kv_bytes))
@@ -358,6 +363,12 @@ def plan():
         # "auto" decodes with tipjax's Pallas kernel on CUDA (runs G, I: faster than xla at batch 8 and 64).
         ("decode", "decode new", "decode", dict(variants=[dict(name="defaults (auto: the Pallas kernel on CUDA)")]),
          "new", {}, 60),
+        # Shared prompt keys in decode alone: batch 64 as 8 prompts x 8 samples, shared (the bound counts each
+        # prompt read once: HBM once, L2 for the other 7) and with a copy per row.
+        ("decode", "decode new, 8 samples per prompt", "decode",
+         dict(variants=[dict(name="8 samples per prompt, shared prompt keys", samples=8, batches=[64]),
+                        dict(name="8 samples per prompt, a copy per row", samples=8, batches=[64],
+                             generate=dict(share_prompt=False))]), "new", {}, 50),
         # The way under 4 s: 5.6 of a rollout step's 7 GB at batch 64 are KV, a float8 cache halves them (run I:
         # the kernel over float8, DEFAULT_FLOAT8, took the step to 4.00-4.10 s).
         ("decode", "decode new, kernel over float8, best tiling", "decode",

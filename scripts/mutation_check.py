@@ -2,7 +2,7 @@
 
 Each mutant is a named one-line bug (a few are two coordinated lines): an exact source snippet that must occur
 exactly once in its file, and its replacement. Mutants are applied one at a time to a throwaway copy of the
-repository (tipjax/, tests/, configs/, pyproject.toml; the real checkout is never touched), and the test
+repository (tipjax/, tests/, configs/, scripts/, pyproject.toml; the real checkout is never touched), and the test
 files that should notice the bug run against that copy:
 
     python -m pytest -x -q -p no:cacheprovider <test files>
@@ -48,7 +48,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
-COPIED = ("tipjax", "tests", "configs", "pyproject.toml")
+COPIED = ("tipjax", "tests", "configs", "scripts", "pyproject.toml")  # tests import scripts (hlo_loops, benches)
 DOCS = ROOT / "docs" / "testing.md"
 TABLE_START = "<!-- mutation-table:start -->"
 TABLE_END = "<!-- mutation-table:end -->"
