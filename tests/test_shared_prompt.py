@@ -238,3 +238,30 @@ def test_bench_smoke_draws_the_same_tokens(tmp_path):
     rows = bench_shared_prompt.main(["--smoke", f"--out={tmp_path / 'x.json'}"])
     assert [r["rows_same_tokens"] for r in rows] == [r["rows"] for r in rows] == [8]
     assert rows[0]["max_logprob_gap_before_divergence"] < 1e-5
+
+
+def test_a_sharded_cache_with_a_shared_prompt_decodes_as_the_unsharded_one():
+    """cache_shardings gives the prompt's leaves the rows' placement (prompts over data x fsdp, kv heads over
+    tensor); a decode step on the sharded cache equals the one-device step and keeps those placements."""
+    from jax.sharding import PartitionSpec as Spec
+
+    model = models.init(models.ModelConfig.from_hf_dict(_HF), jax.random.key(0))
+    prompts = jnp.asarray(np.random.default_rng(2).integers(3, 96, (2, 8)), jnp.int32)
+    ones = jnp.ones((2, 8), bool)
+    _, filled = model.hidden_cached(prompts, jnp.broadcast_to(jnp.arange(8), (2, 8)), model.init_cache(2, 8), ones,
+                                    fresh=True)
+    prompt = PromptCache(k=filled.k, v=filled.v, mask=filled.mask, starts=jnp.zeros(2, jnp.int32), length=8)
+    cache = model.init_cache(4, 4).replace(prompt=prompt)
+    token, pos = jnp.asarray([[5], [6], [7], [8]]), jnp.full((4, 1), 8)
+    run = jax.jit(type(model).hidden_cached)
+    want, _ = run(model, token, pos, cache, jnp.ones((4, 1), bool))
+    mesh = models.make_mesh(data=2, fsdp=1, tensor=4)
+    shardings = models.cache_shardings(cache, mesh)
+    rows = shardings.k[0].spec[0]
+    assert rows is not None and shardings.prompt.k[0].spec == shardings.k[0].spec  # kv heads (2) stay whole
+    assert shardings.prompt.starts.spec == Spec(rows) and shardings.prompt.mask.spec == Spec(rows, None)
+    got, sharded = jax.jit(type(model).hidden_cached, out_shardings=(None, shardings))(
+        models.shard(model, mesh, models.SAMPLING_RULES), token, pos, jax.device_put(cache, shardings),
+        jnp.ones((4, 1), bool))
+    assert sharded.prompt.k[1].sharding.spec == shardings.prompt.k[1].spec
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
