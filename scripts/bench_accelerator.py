@@ -349,7 +349,7 @@ def worker_main(name: str, args: dict, smoke: bool) -> None:
 
 def plan():
     """In order of importance: a run stops starting rows once its budget is spent."""
-    xla, pallas = dict(decode_attention="xla"), dict(decode_attention="pallas")
+    xla = dict(decode_attention="xla")
     return [
         ("ceilings", "ceilings", "ceilings", {}, "new", {}, 10),
         # The attention half alone, per tiling, over bf16 and float8 caches: its fastest tilings at batch 64 (the
