@@ -86,7 +86,7 @@ class RolloutSpec:
     top_p: float = 1.0
     top_k: int = 0
     eos_token_id: tuple[int, ...] = ()   # default: the student's config eos ids
-    groups: int = 1                  # sample the batch in this many sequential row groups: KV cache / groups
+    groups: int = 1                  # sample the batch in this many sequential row groups: response KV / groups
     kv_cache_dtype: str = ""         # "" = compute dtype; float8_e4m3fn halves the KV bytes a decode step reads
     share_prompt: bool = True        # a prompt's samples share one copy of its keys (sampling.generate)
 
