@@ -46,7 +46,7 @@ def dry_run_child(variant: str, overrides: list[str]) -> None:
     jax.config.update("jax_num_cpu_devices", 8)
     import numpy as np
 
-    from tipjax import models, train
+    from tipjax import models, step, train
 
     cfg = memory_config(variant, overrides)
     train.validate(cfg, dry_run=True)  # as the CLI with --dry_run: no prompt file needed
@@ -77,11 +77,9 @@ def dry_run_child(variant: str, overrides: list[str]) -> None:
     c = s.student.config
     shards = s.mesh.shape["data"] * s.mesh.shape["fsdp"]
     kv_bytes = jax.numpy.dtype(c.compute_dtype).itemsize
-    # Slots per rollout group: each row's response, and its prompt once per row or (shared: sampling.generate's
-    # share_prompt, as step._rollout asks for it) once per prompt.
-    n, groups = cfg.rollout.samples_per_prompt, cfg.rollout.groups
-    shared = cfg.rollout.share_prompt and n > 1 and (groups == 1 or (n % groups == 0 and n > groups))
-    prompt_copies = cfg.prompts_per_step if shared else rows / groups
+    # Slots per rollout group: each row's response, and its prompt once per row or, shared, once per prompt.
+    groups = cfg.rollout.groups
+    prompt_copies = cfg.prompts_per_step if step.shares_prompts(cfg.rollout) else rows / groups
     slots = rows / groups * cfg.rollout.max_new_tokens + prompt_copies * cfg.data.max_prompt_length
     report["kv_cache_gib_per_device"] = (
         2 * c.num_layers * c.num_kv_heads * c.head_dim * slots / shards * kv_bytes

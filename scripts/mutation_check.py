@@ -208,8 +208,8 @@ MUTANTS: tuple[Mutant, ...] = (
         "Qwen3's per-head q/k RMSNorm is never applied"),
     Mutant(
         "gqa_head_mapping_mod", "tipjax/models/attention.py",
-        "q = q.reshape(b, t, kv_heads, n // kv_heads, h).transpose(0, 2, 3, 1, 4)",
-        "q = q.reshape(b, t, n // kv_heads, kv_heads, h).transpose(0, 3, 2, 1, 4)",
+        "return q.reshape(b, t, kv_heads, n // kv_heads, h).transpose(0, 2, 3, 1, 4)",
+        "return q.reshape(b, t, n // kv_heads, kv_heads, h).transpose(0, 3, 2, 1, 4)",
         ("tests/test_models_attention.py", "tests/test_models_hf.py"),
         "GQA query head n reads kv head n % K instead of n // G (xla backend; output heads put back in order)",
         also=(("return out.transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)",

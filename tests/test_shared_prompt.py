@@ -10,6 +10,7 @@ import jaxpr_walk
 import numpy as np
 import pytest
 from test_decode_kernel import EPS, H, KV, case, prepared
+from test_decode_paths import _HF, reference_decode
 
 from tipjax import models, sampling
 from tipjax.models import attention, decode_kernel
@@ -21,20 +22,13 @@ SP, LENGTH = 64, 40      # prompt slots (whole blocks) and the prompt bucket: sl
 
 def reference(q, prompt_k, prompt_v, prompt_starts, k, v, ends):
     """float64: q [B, K * G, H]; row b attends over prompt b // N's slots [prompt_starts, LENGTH) then its own
-    slots [0, ends[b])."""
-    q, pk, pv, k, v = (np.asarray(x, np.float64) for x in (q, prompt_k, prompt_v, k, v))
-    b, n, h = q.shape
-    g = n // k.shape[1]
-    out = np.zeros_like(q)
-    for r in range(b):
-        p = r // (b // pk.shape[0])
-        for head in range(n):
-            keys = np.concatenate([pk[p, head // g, prompt_starts[p]:LENGTH], k[r, head // g, :ends[r]]])
-            values = np.concatenate([pv[p, head // g, prompt_starts[p]:LENGTH], v[r, head // g, :ends[r]]])
-            scores = keys @ q[r, head] / np.sqrt(h)
-            e = np.exp(scores - scores.max())
-            out[r, head] = (e / e.sum()) @ values
-    return out
+    slots [0, ends[b]): reference_decode over each row's prompt slots [0, LENGTH) followed by its own."""
+    b = q.shape[0]
+    prompt_of = np.arange(b) // (b // prompt_k.shape[0])
+    whole = lambda pre, own: np.concatenate([np.asarray(pre, np.float64)[prompt_of, :, :LENGTH],
+                                             np.asarray(own, np.float64)], axis=2)
+    return reference_decode(q, whole(prompt_k, k), whole(prompt_v, v), np.asarray(prompt_starts)[prompt_of],
+                            LENGTH + np.asarray(ends))
 
 
 def prompt_case(seed, prompt_starts, dtype=jnp.float32):
@@ -92,11 +86,6 @@ def test_cached_attention_over_a_shared_prompt_equals_reference(decode_backend):
     np.testing.assert_allclose(np.asarray(out)[:, 0], want, atol=1e-5, rtol=1e-5)
 
 
-_HF = {"architectures": ["Qwen3ForCausalLM"], "vocab_size": 96, "hidden_size": 32, "intermediate_size": 64,
-       "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 32,
-       "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "tie_word_embeddings": True}
-
-
 @pytest.mark.parametrize("decode, cache_dtype", [("xla", None), ("pallas", None), ("xla", "float8_e4m3fn"),
                                                  ("pallas", "float8_e4m3fn")])
 def test_generate_with_a_shared_prompt_draws_what_unshared_rows_draw(decode, cache_dtype):
@@ -128,8 +117,10 @@ def test_the_shared_prompt_is_prefilled_and_stored_once():
     carried = [str(v.aval) for e in eqns if e.primitive.name == "while" for v in e.invars]
     assert carried.count("float32[3,2,16,32]") == 4 and carried.count("float32[12,2,8,32]") == 4, carried  # 2 layers, k, v
     assert not any(a.startswith("float32[12,2,24,") for a in carried)  # no row holds a prompt copy
-    scans = [e for e in eqns if e.primitive.name == "scan"]
-    assert scans and all(v.aval.shape[0] == 3 for e in scans for v in e.outvars if v.aval.ndim == 3)
+    # the prefill's layer scan carries the hidden states [rows, Tp, D]: 3 prompts' rows
+    carried_rows = [v.aval.shape[0] for e in eqns if e.primitive.name == "scan" for v in e.outvars
+                    if v.aval.ndim == 3]
+    assert carried_rows and set(carried_rows) == {3}, carried_rows
 
 
 def test_rollout_groups_share_prompts_and_keep_the_row_order():

@@ -68,6 +68,13 @@ def _keeps_all(settings: StepSettings, n_new: int) -> bool:
     return sel.rule == "all" or (not scheduled and selection.keeps_all(sel.rule, sel.ratio, None, n_new))
 
 
+def shares_prompts(roll) -> bool:
+    """Whether a rollout's rows read their prompt's keys from one shared copy (RolloutSpec.share_prompt): with n > 1
+    samples per prompt, in one group or in groups that divide n into more than one sample each."""
+    n, groups = roll.samples_per_prompt, roll.groups
+    return roll.share_prompt and n > 1 and (groups == 1 or (n % groups == 0 and n > groups))
+
+
 def _rollout(settings: StepSettings, params, prompt_ids, prompt_mask, rng) -> sampling.SampleOutput:
     """n samples per prompt from the current student; with rollout.groups > 1 the rows are sampled in
     sequential groups (lax.map), which divides the KV cache's memory by the number of groups. The n rows of a
@@ -85,7 +92,7 @@ def _rollout(settings: StepSettings, params, prompt_ids, prompt_mask, rng) -> sa
     n = roll.samples_per_prompt
     if roll.groups == 1:
         return sampling.generate(params, prompt_ids, prompt_mask, rng=rng, num_samples=n, **kwargs)
-    if roll.share_prompt and n % roll.groups == 0 and n > roll.groups:
+    if shares_prompts(roll):
         out = jax.lax.map(lambda key: sampling.generate(params, prompt_ids, prompt_mask, rng=key,
                                                         num_samples=n // roll.groups, **kwargs),
                           jax.random.split(rng, roll.groups))
