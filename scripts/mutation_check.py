@@ -187,6 +187,37 @@ MUTANTS: tuple[Mutant, ...] = (
         "batch = data.collate((rows + rows[:1] * (batch_size - len(rows)))[:batch_size // per], pad_id, buckets)",
         ("tests/test_eval_cli.py",),
         "an eval batch of whole prompts passes its first batch_size / n rows, not one row per prompt"),
+    Mutant(
+        "update_never_shares_prompts", "tipjax/step.py",
+        "return roll.share_prompt and roll.samples_per_prompt > 1 and prompts % whole == 0",
+        "return False",
+        ("tests/test_shared_update.py",),
+        "the update repeats every prompt per row again (correct, slower): only a structural check sees it"),
+    Mutant(
+        "update_micro_batches_split_rows_not_prompts", "tipjax/step.py",
+        "return {k: rows.split(x, m, settings.split_sharding, group=1 if k in _PROMPT_KEYS else group)",
+        "return {k: rows.split(x, m, settings.split_sharding)",
+        ("tests/test_shared_update.py",),
+        "micro-batches of shared prompts take rows j, j + m, ... whose prompts are not the part's prompts"),
+    Mutant(
+        "prefixed_rows_one_position_early", "tipjax/models/decoder.py",
+        "row_pos = jnp.maximum(prompt_len + jnp.cumsum(row_valid, axis=1, dtype=jnp.int32) - 1, 0)",
+        "row_pos = jnp.maximum(prompt_len + jnp.cumsum(row_valid, axis=1, dtype=jnp.int32) - 2, 0)",
+        ("tests/test_shared_update.py",),
+        "rows that continue a shared prompt are rotated one position early"),
+    Mutant(
+        "prefixed_first_token_from_prompt_start", "tipjax/step.py",
+        "first = jnp.repeat(prompt_hidden[:, -1:], resp_tokens.shape[0] // prompt_ids.shape[0], axis=0)",
+        "first = jnp.repeat(prompt_hidden[:, :1], resp_tokens.shape[0] // prompt_ids.shape[0], axis=0)",
+        ("tests/test_shared_update.py",),
+        "a row's first response token is predicted from the prompt's first column, not its last"),
+    Mutant(
+        "fused_prefix_prompts_tiled", "tipjax/models/attention.py",
+        "return jnp.concatenate([jnp.repeat(prompt_part, rep, axis=0), row_part.astype(prompt_part.dtype)], axis=1)",
+        "return jnp.concatenate([jnp.tile(prompt_part, (rep,) + (1,) * (prompt_part.ndim - 1)), "
+        "row_part.astype(prompt_part.dtype)], axis=1)",
+        ("tests/test_shared_update.py",),
+        "the fused backends' repeated prompts follow row b % P instead of b // n"),
     # --- models ----------------------------------------------------------------------------------------------
     Mutant(
         "rope_rotation_sign", "tipjax/models/layers.py",

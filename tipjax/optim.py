@@ -78,7 +78,7 @@ def tree_norm(tree) -> jax.Array:
 
 
 def accumulate(loss_fn: Callable, params, batch, micro_batches: int, *, part_args=None, mean: bool = True,
-               split_sharding=None, param_shardings=None):
+               split_sharding=None, param_shardings=None, split: Callable | None = None):
     """Loss and gradient of `loss_fn` over `micro_batches` parts of `batch`, one part at a time (lax.scan).
 
     loss_fn(params, part, part_arg) -> (loss, (metrics, weight)). With mean=True `loss` is the part's loss
@@ -86,11 +86,13 @@ def accumulate(loss_fn: Callable, params, batch, micro_batches: int, *, part_arg
     whatever the micro-batching; with mean=False the parts' losses are already shares of the batch loss
     (normalised over the whole batch beforehand) and are summed.
     batch: a pytree of [B, ...] arrays; part j holds rows j, j + m, ... (rows.split). part_args: an optional
-    pytree of [m, ...] arrays, entry j going to part j (e.g. rng keys). Gradients accumulate in fp32.
+    pytree of [m, ...] arrays, entry j going to part j (e.g. rng keys); split(batch) -> the parts' [m, ...]
+    pytree replaces rows.split where a batch mixes row and prompt arrays. Gradients accumulate in fp32.
     Returns (loss [], grads like params in fp32, stacked per-part metrics [m, ...], weight_sum []).
     """
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    parts = jax.tree.map(lambda x: rows.split(x, micro_batches, split_sharding), batch)
+    parts = (split(batch) if split is not None
+             else jax.tree.map(lambda x: rows.split(x, micro_batches, split_sharding), batch))
 
     def body(carry, xs):
         grads, loss_sum, weight_sum = carry

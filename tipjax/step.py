@@ -42,6 +42,15 @@ def response_hidden(model, tokens, seq_mask, prompt_len):
     return hidden[:, prompt_len - 1:-1]
 
 
+def prefixed_response_hidden(model, prompt_ids, prompt_mask, resp_tokens, resp_mask):
+    """response_hidden for rows that continue shared prompts ([P, Tp] prompts, [B, N] responses, B = P * n), each
+    prompt run once for its n rows (Decoder.hidden_prefixed) -> [B, N, D]: the prompt's last column predicts a
+    row's first token, the row's columns 0 .. N-2 the rest."""
+    prompt_hidden, row_hidden = model.hidden_prefixed(prompt_ids, prompt_mask, resp_tokens, resp_mask)
+    first = jnp.repeat(prompt_hidden[:, -1:], resp_tokens.shape[0] // prompt_ids.shape[0], axis=0)
+    return jnp.concatenate([first, row_hidden[:, :-1]], axis=1)
+
+
 def teacher_sequences(teacher_prompt_ids, teacher_prompt_mask, resp_tokens, resp_mask, n):
     """The teacher's own prompt [P, Tt] (repeated n times per prompt, as the rollout rows are) followed by the
     sampled responses [B, N]: tokens and mask [B, Tt + N], whose columns Tt-1 .. Tt+N-2 predict the response
@@ -49,6 +58,10 @@ def teacher_sequences(teacher_prompt_ids, teacher_prompt_mask, resp_tokens, resp
     prompt_ids, prompt_mask = (jnp.repeat(x, n, axis=0) for x in (teacher_prompt_ids, teacher_prompt_mask))
     return (jnp.concatenate([prompt_ids, resp_tokens.astype(prompt_ids.dtype)], axis=1),
             jnp.concatenate([prompt_mask, resp_mask.astype(prompt_mask.dtype)], axis=1))
+
+
+# Batch entries with one row per prompt ([P, ...]); the others have one per sampled row ([B, ...]).
+_PROMPT_KEYS = ("prompt_ids", "prompt_mask", "teacher_prompt_ids", "teacher_prompt_mask")
 
 
 def knobs(settings: StepSettings, step, n_new: int) -> dict:
@@ -73,6 +86,17 @@ def shares_prompts(roll) -> bool:
     samples per prompt, in one group or in groups that divide n into more than one sample each."""
     n, groups = roll.samples_per_prompt, roll.groups
     return roll.share_prompt and n > 1 and (groups == 1 or (n % groups == 0 and n > groups))
+
+
+def update_shares_prompts(settings: StepSettings, prompts: int) -> bool:
+    """Whether the update runs each prompt once for its n samples (prefixed_response_hidden) instead of once per row:
+    with rollout.share_prompt and n > 1, when the micro-batches can hold whole prompts spread over the devices as
+    the rows are (micro_batches times the row shards divides P). Micro-batch j then holds prompts j, j + m, ...
+    with all their samples (rows.split with group n), not rows j, j + m, ...; norm_scope "micro_batch"
+    statistics are taken over those rows."""
+    roll = settings.rollout
+    whole = settings.micro_batches * rows.shards(settings.split_sharding)
+    return roll.share_prompt and roll.samples_per_prompt > 1 and prompts % whole == 0
 
 
 def _rollout(settings: StepSettings, params, prompt_ids, prompt_mask, rng) -> sampling.SampleOutput:
@@ -152,7 +176,12 @@ def build_step(settings: StepSettings, optimizer: optax.GradientTransformation,
 
     def forward(model, part, prefix=""):
         """Response hidden states of one micro-batch [b, N, D]; prefix "teacher_" reads the teacher-only prompt's
-        sequences when the batch has them (else the teacher sees the student's)."""
+        sequences when the batch has them (else the teacher sees the student's). A batch with prompt_ids holds
+        each prompt once for its rows (update_shares_prompts)."""
+        if "prompt_ids" in part:
+            return prefixed_response_hidden(model, part.get(prefix + "prompt_ids", part["prompt_ids"]),
+                                            part.get(prefix + "prompt_mask", part["prompt_mask"]),
+                                            part["resp_tokens"], part["resp_mask"])
         tokens = part.get(prefix + "tokens", part["tokens"])
         seq_mask = part.get(prefix + "seq_mask", part["seq_mask"])
         prompt_len = tokens.shape[1] - part["resp_mask"].shape[1]
@@ -177,16 +206,26 @@ def build_step(settings: StepSettings, optimizer: optax.GradientTransformation,
         weight = metrics["n_kept"] if token_mean else jnp.asarray(part["resp_mask"].shape[0], jnp.float32)
         return loss * weight, ((metrics, token_stats), weight)
 
+    def layout(batch):
+        """(split, merge) of a batch into micro-batches: whole prompts per part when it holds prompts."""
+        group = roll.samples_per_prompt if "prompt_ids" in batch else 1
+
+        def split(b):
+            return {k: rows.split(x, m, settings.split_sharding, group=1 if k in _PROMPT_KEYS else group)
+                    for k, x in b.items()}
+
+        return split, lambda x: rows.merge(x, group=group)
+
     def one_pass(params, teacher, teacher_head, batch, key, knob):
         def loss_fn(p, part, part_key):
             return micro_loss(p, teacher, teacher_head, part, part_key, knob)
 
         # One micro-batch draws with `key` itself, as the whole-batch plan of the two-pass step does.
         keys = key[None] if m == 1 else jax.random.split(key, m)
+        split, merge = layout(batch)
         loss, grads, (mb_metrics, mb_stats), _ = optim.accumulate(
-            loss_fn, params, batch, m, part_args=keys, split_sharding=settings.split_sharding,
-            param_shardings=settings.param_shardings)
-        token_stats = {k: rows.merge(v) for k, v in mb_stats.items()}
+            loss_fn, params, batch, m, part_args=keys, split=split, param_shardings=settings.param_shardings)
+        token_stats = {k: merge(v) for k, v in mb_stats.items()}
         if m > 1 and _keeps_all(settings, batch["resp_mask"].shape[1]):
             # Every token kept: the whole batch's metrics (quadrant medians included) from the merged statistics.
             metrics = selection.plan(sel.rule, token_stats, batch["resp_mask"], knob["ratio"], key, options=options,
@@ -211,15 +250,17 @@ def build_step(settings: StepSettings, optimizer: optax.GradientTransformation,
 
         # Statistics pass (no gradient): the teacher's hidden states are kept for the gradient pass.
         with jax.named_scope("statistics"):
-            parts = jax.tree.map(lambda x: rows.split(x, m, settings.split_sharding), batch)
-            teacher_hidden, mb_stats, bad_teacher, bad_student = jax.lax.map(stats_part, parts)
-            teacher_hidden = rows.merge(teacher_hidden)
-            token_stats = {k: rows.merge(v) for k, v in mb_stats.items()}
+            split, merge = layout(batch)
+            teacher_hidden, mb_stats, bad_teacher, bad_student = jax.lax.map(stats_part, split(batch))
+            teacher_hidden = merge(teacher_hidden)
+            token_stats = {k: merge(v) for k, v in mb_stats.items()}
         with jax.named_scope("selection"):
             plan = selection.plan(sel.rule, token_stats, batch["resp_mask"], knob["ratio"], key, options=options,
                                   capacity=knob["capacity"])
-        planned = dict(tokens=batch["tokens"], seq_mask=batch["seq_mask"], resp_mask=batch["resp_mask"],
-                       idx=plan.idx, scale=plan.scale, teacher=selection.gather(teacher_hidden, plan.idx))
+        # The student's sequences (the teacher's hidden states are gathered already).
+        planned = {k: batch[k] for k in ("tokens", "seq_mask", "prompt_ids", "prompt_mask", "resp_tokens", "resp_mask")
+                   if k in batch}
+        planned.update(idx=plan.idx, scale=plan.scale, teacher=selection.gather(teacher_hidden, plan.idx))
 
         def loss_fn(p, part, _):
             with jax.named_scope("student"):
@@ -230,8 +271,7 @@ def build_step(settings: StepSettings, optimizer: optax.GradientTransformation,
             return loss, ({}, jnp.ones((), jnp.float32))
 
         # Gradient pass: plan.scale holds the whole batch's normaliser, so the micro-batch losses just add up.
-        loss, grads, _, _ = optim.accumulate(loss_fn, params, planned, m, mean=False,
-                                             split_sharding=settings.split_sharding,
+        loss, grads, _, _ = optim.accumulate(loss_fn, params, planned, m, mean=False, split=layout(planned)[0],
                                              param_shardings=settings.param_shardings)
         metrics = dict(plan.metrics, n_teacher_nonfinite=jnp.sum(bad_teacher), n_student_nonfinite=jnp.sum(bad_student))
         return loss, grads, metrics, token_stats
@@ -249,11 +289,17 @@ def build_step(settings: StepSettings, optimizer: optax.GradientTransformation,
         with jax.named_scope("rollout"):
             out = _rollout(settings, params, prompt_ids, prompt_mask, roll_key)
         resp_mask = out.response_mask[:, prompt_len:]
-        seq_mask = jnp.concatenate([jnp.repeat(prompt_mask, roll.samples_per_prompt, axis=0), resp_mask], axis=1)
-        batch = dict(tokens=out.tokens, seq_mask=seq_mask, resp_mask=resp_mask, resp_tokens=out.tokens[:, prompt_len:])
-        if teacher_prompt_ids is not None:  # teacher-only context: its own prompt before the same response
-            batch["teacher_tokens"], batch["teacher_seq_mask"] = teacher_sequences(
-                teacher_prompt_ids, teacher_prompt_mask, batch["resp_tokens"], resp_mask, roll.samples_per_prompt)
+        batch = dict(resp_mask=resp_mask, resp_tokens=out.tokens[:, prompt_len:])
+        if update_shares_prompts(settings, prompt_ids.shape[0]):  # each prompt once for its samples
+            batch.update(prompt_ids=prompt_ids, prompt_mask=prompt_mask)
+            if teacher_prompt_ids is not None:
+                batch.update(teacher_prompt_ids=teacher_prompt_ids, teacher_prompt_mask=teacher_prompt_mask)
+        else:
+            seq_mask = jnp.concatenate([jnp.repeat(prompt_mask, roll.samples_per_prompt, axis=0), resp_mask], axis=1)
+            batch.update(tokens=out.tokens, seq_mask=seq_mask)
+            if teacher_prompt_ids is not None:  # teacher-only context: its own prompt before the same response
+                batch["teacher_tokens"], batch["teacher_seq_mask"] = teacher_sequences(
+                    teacher_prompt_ids, teacher_prompt_mask, batch["resp_tokens"], resp_mask, roll.samples_per_prompt)
 
         # 2-4. Teacher scoring, selection and the student's TIP loss, micro-batch by micro-batch.
         teacher_head = jax.lax.stop_gradient(teacher.head()[:, :settings.vocab])

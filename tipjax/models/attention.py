@@ -45,7 +45,7 @@ from flax import struct
 from jax.extend import backend as jax_backend
 
 from tipjax.models import decode_kernel, splash
-from tipjax.models.cache import LayerCache, PromptCache, to_cache
+from tipjax.models.cache import LayerCache, to_cache
 from tipjax.models.config import ATTENTION_BACKENDS as BACKENDS
 from tipjax.models.config import DECODE_ATTENTION_BACKENDS, DEFAULT_QUERY_CHUNK
 
@@ -256,13 +256,48 @@ def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, cache: LayerCache
     keys, values = k_layer.astype(q.dtype), v_layer.astype(q.dtype)
     if cache.prompt is not None:
         visible = _visible(mask, 0, t, keys.shape[2], None)
-        return _shared_prompt_attention(q, keys, values, visible, cache.prompt), (k_layer, v_layer)
+        prompt = cache.prompt
+        return _shared_prompt_attention(q, keys, values, visible, prompt.k, prompt.v, prompt.mask), (k_layer, v_layer)
     if resolve_backend(backend, current_platform(), q.dtype, q.shape[-1], dense_mask=True, t=t,
                        s=keys.shape[2]) == "xla":
         return _xla_attention(q, keys, values, mask, query_chunk), (k_layer, v_layer)
     # A cached read with several queries (chunked prefill) on a fused backend: its [B, S, K, H] layout.
     return attention(q, keys.swapaxes(1, 2), values.swapaxes(1, 2), mask, backend=backend,
                      query_chunk=query_chunk), (k_layer, v_layer)
+
+
+def prefixed_attention(q: jax.Array, k: jax.Array, v: jax.Array, kv_valid: jax.Array, prompt_k: jax.Array,
+                       prompt_v: jax.Array, prompt_valid: jax.Array, *, backend: str = "xla",
+                       query_chunk: int = DEFAULT_QUERY_CHUNK) -> jax.Array:
+    """Rows that continue shared prompts (a training forward over a prompt's n samples): queries q [B, T, N, H] at the
+    T slots after their prompt see all of prompt b // n's real keys prompt_k, prompt_v [P, Tp, K, H] (prompt_valid
+    [P, Tp]) and their own keys k, v [B, T, K, H] causally where kv_valid [B, T]. Equals attention() over each row's
+    prompt-then-row sequence, for the row's queries -> [B, T, N, H].
+
+    xla reads each prompt's keys once for its n rows (_shared_prompt_attention, query chunks as _xla_attention).
+    A fused backend gets the row's whole sequence, the prompt's keys repeated and its query slots zero: the plain
+    causal self-attention that cuDNN and splash take (the prompt queries' work, ~(Tp / T)^2 / 2 of the call's, is
+    thrown away), whose output rows after the prompt are the answer.
+    """
+    b, t, n, h = q.shape
+    p, tp = prompt_k.shape[:2]
+    if b % p:
+        raise ValueError(f"prefixed_attention: {b} rows are not a multiple of {p} prompts")
+    impl = resolve_backend(backend, current_platform(), q.dtype, h, dense_mask=True, t=tp + t, s=tp + t)
+    if impl == "xla":
+        mask = AttentionMask(kv_valid=kv_valid.astype(jnp.bool_))
+        prefix = (prompt_k.swapaxes(1, 2), prompt_v.swapaxes(1, 2), prompt_valid.astype(jnp.bool_))
+        return _xla_attention(q, k.swapaxes(1, 2), v.swapaxes(1, 2), mask, query_chunk, prefix)
+    rep = b // p
+
+    def whole(prompt_part, row_part):
+        return jnp.concatenate([jnp.repeat(prompt_part, rep, axis=0), row_part.astype(prompt_part.dtype)], axis=1)
+
+    valid = whole(prompt_valid.astype(jnp.bool_), kv_valid)
+    queries = jnp.concatenate([jnp.zeros((b, tp, n, h), q.dtype), q], axis=1)
+    out = attention(queries, whole(prompt_k, k), whole(prompt_v, v), AttentionMask(kv_valid=valid), backend=backend,
+                    query_chunk=query_chunk)
+    return out[:, tp:]
 
 
 def prompt_slots(cache: LayerCache) -> int:
@@ -285,11 +320,18 @@ def _visible(mask: AttentionMask, start, t: int, s: int, q_segments: jax.Array |
     return visible
 
 
-def _xla_attention(q, k, v, mask: AttentionMask, query_chunk: int) -> jax.Array:
-    """q [B, T, N, H], heads-major k, v [B, K, S, H] -> [B, T, N, H]."""
+def _xla_attention(q, k, v, mask: AttentionMask, query_chunk: int, prefix=None) -> jax.Array:
+    """q [B, T, N, H], heads-major k, v [B, K, S, H] -> [B, T, N, H]. prefix: (k, v, valid) of shared prompts read
+    before the rows' own keys (see _shared_prompt_attention)."""
     t, s = q.shape[1], k.shape[2]
+
+    def attend(q_chunk, visible):
+        if prefix is None:
+            return _attention_block(q_chunk, k, v, visible)
+        return _shared_prompt_attention(q_chunk, k, v, visible, *prefix)
+
     if t <= query_chunk:
-        return _attention_block(q, k, v, _visible(mask, 0, t, s, mask.q_segments))
+        return attend(q, _visible(mask, 0, t, s, mask.q_segments))
     pad = -t % query_chunk
 
     def split(x):  # [B, T, ...] -> [T / C, B, C, ...], T padded to a multiple of C
@@ -298,7 +340,7 @@ def _xla_attention(q, k, v, mask: AttentionMask, query_chunk: int) -> jax.Array:
 
     def block(args):
         q_chunk, start, q_segments = args
-        return _attention_block(q_chunk, k, v, _visible(mask, start, query_chunk, s, q_segments))
+        return attend(q_chunk, _visible(mask, start, query_chunk, s, q_segments))
 
     starts = jnp.arange(0, t + pad, query_chunk)
     segments = None if mask.q_segments is None else split(mask.q_segments)
@@ -331,22 +373,24 @@ def _row_scores(q, k, visible) -> jax.Array:
     return jnp.where(visible[:, None, None], scores, _MASKED)
 
 
-def _shared_prompt_attention(q, k, v, visible, prompt: PromptCache) -> jax.Array:
-    """q [B, T, N, H] over a shared prompt then the rows' own heads-major k, v [B, K, S, H] (visible [B or 1, T, S])
-    -> [B, T, N, H]: one softmax over both. Row b's queries meet prompt b // n's keys as n * G * T rows of one
-    matmul per prompt and kv head, so each prompt's keys are read once, not once per row."""
+def _shared_prompt_attention(q, k, v, visible, prompt_k, prompt_v, prompt_valid) -> jax.Array:
+    """q [B, T, N, H] over shared prompts' heads-major keys prompt_k, prompt_v [P, K, Sp, H] (prompt_valid [P, Sp])
+    then the rows' own heads-major k, v [B, K, S, H] (visible [B or 1, T, S]) -> [B, T, N, H]: one softmax over
+    both. Row b's queries meet prompt b // n's keys as n * G * T rows of one matmul per prompt and kv head, so each
+    prompt's keys are read once, not once per row."""
     b, t, n, h = q.shape
-    kv_heads, p = k.shape[1], prompt.k.shape[0]
+    kv_heads, p = k.shape[1], prompt_k.shape[0]
     g, samples = n // kv_heads, b // p
     q = _grouped_queries(q, kv_heads)
     qp = q.reshape(p, samples, kv_heads, g, t, h)
-    kp, vp = prompt.k.astype(q.dtype), prompt.v.astype(v.dtype)
+    kp, vp = prompt_k.astype(q.dtype), prompt_v.astype(v.dtype)
     f32 = jnp.float32
     scores_p = jnp.einsum("PnKGTH,PKSH->PnKGTS", qp, kp, preferred_element_type=f32)
-    scores_p = jnp.where(prompt.mask[:, None, None, None, None, :], scores_p, _MASKED)
+    scores_p = jnp.where(prompt_valid[:, None, None, None, None, :], scores_p, _MASKED)
     scores_p = scores_p.reshape(b, kv_heads, g, t, -1)
     scores = _row_scores(q, k, visible)
-    top = jnp.maximum(jnp.max(scores_p, -1, keepdims=True), jnp.max(scores, -1, keepdims=True))
+    # The shift only keeps exp in range; its gradient is zero in exact arithmetic, so none flows through it.
+    top = jax.lax.stop_gradient(jnp.maximum(jnp.max(scores_p, -1, keepdims=True), jnp.max(scores, -1, keepdims=True)))
     e_p, e = jnp.exp(scores_p - top), jnp.exp(scores - top)
     total = jnp.sum(e_p, -1, keepdims=True) + jnp.sum(e, -1, keepdims=True)
     # probabilities rounded to the values' dtype, as _attention_block's softmax

@@ -159,6 +159,35 @@ class Decoder(nnx.Module):
         x, _ = jax.lax.scan(self._remat(step), self._embed(input_ids), self.blocks)
         return self._final_norm(x)
 
+    def hidden_prefixed(self, prompt_ids: jax.Array, prompt_mask: jax.Array, input_ids: jax.Array,
+                        attention_mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Rows that continue shared prompts, each prompt's tokens run once: prompt_ids, prompt_mask [P, Tp] (left
+        padded) and the rows' tokens input_ids, attention_mask [B, T], row b continuing prompt b // n (B = P * n).
+        -> (final-normed hidden states of the prompts [P, Tp, D], of the rows [B, T, D]): those that hidden() gives
+        for prompt b // n followed by row b, with the prompt part computed for P sequences instead of B.
+        """
+        p, b = prompt_ids.shape[0], input_ids.shape[0]
+        if b % p:
+            raise ValueError(f"hidden_prefixed: {b} rows are not a multiple of {p} prompts")
+        prompt_valid = prompt_mask.astype(jnp.bool_)
+        row_valid = attention_mask.astype(jnp.bool_)
+        prompt_pos = ops.positions_from_mask(prompt_valid)
+        # The rows' positions continue their prompt's real-token count, as over the whole prompt-then-row sequence.
+        prompt_len = jnp.repeat(jnp.sum(prompt_valid, axis=1, dtype=jnp.int32), b // p)[:, None]
+        row_pos = jnp.maximum(prompt_len + jnp.cumsum(row_valid, axis=1, dtype=jnp.int32) - 1, 0)
+        prompt_attn = attn.AttentionMask(kv_valid=prompt_valid)
+        row_attn = attn.AttentionMask(kv_valid=row_valid)
+
+        def step(carry, blk):
+            x_prompt, x_rows = carry
+            x_prompt, (k, v) = self._block(blk, x_prompt, prompt_pos, mask=prompt_attn)
+            x_rows, _ = self._block(blk, x_rows, row_pos, mask=row_attn, prefix=(k, v, prompt_valid))
+            return (x_prompt, x_rows), None
+
+        (x_prompt, x_rows), _ = jax.lax.scan(self._remat(step), (self._embed(prompt_ids), self._embed(input_ids)),
+                                             self.blocks)
+        return self._final_norm(x_prompt), self._final_norm(x_rows)
+
     def hidden_cached(self, tokens: jax.Array, positions: jax.Array, cache: KVCache,
                       token_mask: jax.Array, *, fresh: bool = False, starts: jax.Array | None = None,
                       layers: Sequence[DecodeLayer] | None = None) -> tuple[jax.Array, KVCache]:
@@ -237,13 +266,16 @@ class Decoder(nnx.Module):
         return jax.checkpoint(step, policy=_REMAT_POLICIES[self.config.remat], prevent_cse=False)
 
     def _block(self, blk: Blocks | DecodeLayer, x: jax.Array, positions: jax.Array, *,
-               mask: attn.AttentionMask | None = None,
-               cache: LayerCache | None = None) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+               mask: attn.AttentionMask | None = None, cache: LayerCache | None = None,
+               prefix: tuple[jax.Array, jax.Array, jax.Array] | None = None,
+               ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
         """One transformer block on x [B, T, D] -> (x, (k, v)).
 
         Without a cache, attention runs over this call's T keys under `mask` and (k, v) are those keys
-        [B, T, K, H]. With a cache, attention.cached_attention writes them and derives the mask from the
-        cache; (k, v) is then the layer's updated cache [B, K, S, H].
+        [B, T, K, H]; prefix (k, v [P, Tp, K, H], valid [P, Tp]) puts shared prompts' keys before them
+        (attention.prefixed_attention; mask.kv_valid then masks the rows' own keys). With a cache,
+        attention.cached_attention writes them and derives the mask from the cache; (k, v) is then the layer's
+        updated cache [B, K, S, H].
         """
         cfg = self.config
 
@@ -276,7 +308,9 @@ class Decoder(nnx.Module):
         if not fused:
             with jax.named_scope("attention"):
                 settings = dict(backend=cfg.attention, query_chunk=cfg.query_chunk)
-                if cache is None:
+                if prefix is not None:
+                    out, kv = attn.prefixed_attention(q, k, v, mask.kv_valid, *prefix, **settings), (k, v)
+                elif cache is None:
                     out, kv = attn.attention(q, k, v, mask, **settings), (k, v)
                 else:
                     out, kv = attn.cached_attention(q, k, v, cache, decode_backend=cfg.decode_attention,
