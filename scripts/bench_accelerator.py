@@ -284,8 +284,14 @@ def worker_train(args, smoke):
         # token, teacher 2) and the model FLOPs of MFU (student 6, teacher 2: recompute not counted).
         probe_flops = (2 * _body_params(t_cfg) + 8 * _body_params(s_cfg)) * rows_b * seq + head
         model_flops = (2 * _body_params(t_cfg) + 6 * _body_params(s_cfg)) * rows_b * seq + head
+        # Model FLOPs count every row's whole sequence (the issue's yardstick); an update that runs each prompt
+        # once for its samples (step.update_shares_prompts) executes P * tp + B * new tokens' worth of them.
+        shared = step_lib.update_shares_prompts(settings, p)
+        run = (p * tp + rows_b * new) if shared else rows_b * seq
+        executed = (2 * _body_params(t_cfg) + 6 * _body_params(s_cfg)) * run + head
         out.update(rollout_s=roll_s, update_s=update_s, update_tflops_probe=probe_flops / update_s / 1e12,
-                   update_model_tflops=model_flops / update_s / 1e12)
+                   update_model_tflops=model_flops / update_s / 1e12, update_shares_prompts=shared,
+                   update_executed_tflops=executed / update_s / 1e12)
     if args.get("profile"):  # one more step under the profiler: device time by scope (the trace is not kept)
         out.update(_profiled(lambda: jax.block_until_ready(compiled(state, teacher, ids, mask)[1]),
                              Path(args["profile"]), compiled.as_text()))
@@ -355,8 +361,9 @@ def plan():
         # The attention half alone, per tiling, over bf16 and float8 caches: its fastest tilings at batch 64 (the
         # rollout's) are what the "BEST:" rows below run (run_plan fills them in).
         ("kernel", "decode attention kernel", "kernel", {}, "new", {}, 80),
-        # The step's 8 samples per prompt read one shared copy of the prompt's keys (rollout.share_prompt, new
-        # since run I: not measured on a GPU yet); the same step with a copy per row, for the ratio.
+        # The step's 8 samples per prompt read one shared copy of the prompt's keys in the rollout and run the
+        # prompt once in the update (rollout.share_prompt, new since run I: not measured on a GPU yet); the same
+        # step with a copy per row in both, for the ratio.
         ("train", "train new", "train", dict(steps=2), "new", {}, 110),
         ("train", "train new, prompts not shared", "train", dict(steps=2, rollout_spec=dict(share_prompt=False)),
          "new", {}, 110),

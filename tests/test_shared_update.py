@@ -135,16 +135,16 @@ def test_hidden_prefixed_rejects_rows_that_are_not_whole_prompts():
         model.hidden_prefixed(np.zeros((2, 3), int), np.ones((2, 3)), np.zeros((5, 4), int), np.ones((5, 4)))
 
 
-def _config(variant, micro_batches, share, *overrides):
+def _config(variant, micro_batches, share, *overrides, mesh=(1, 1, 1)):
     cfg = config_loader.to_dataclass(config_loader.load_config(f"configs/tiny.py:{variant}", [
         "--config.rollout.temperature=0.0", "--config.rollout.max_new_tokens=16",
         f"--config.rollout.share_prompt={share}", *overrides]), config_schema.TrainConfig)
-    return dataclasses.replace(cfg, mesh=config_schema.MeshSpec(1, 1, 1), micro_batches=micro_batches)
+    return dataclasses.replace(cfg, mesh=config_schema.MeshSpec(*mesh), micro_batches=micro_batches)
 
 
 @functools.lru_cache(maxsize=None)
-def _step(variant, micro_batches, share, unit="rollout"):
-    cfg = _config(variant, micro_batches, share, f"--config.selection.options={{'unit': '{unit}'}}")
+def _step(variant, micro_batches, share, unit="rollout", mesh=(1, 1, 1)):
+    cfg = _config(variant, micro_batches, share, f"--config.selection.options={{'unit': '{unit}'}}", mesh=mesh)
     s = train.setup(cfg)
     state = s.init_fn(s.student, jax.random.PRNGKey(0))
     batch = next(SyntheticPrompts(cfg.data, cfg.prompts_per_step, 256))
@@ -170,6 +170,17 @@ def test_step_with_prompts_run_once_equals_the_step_with_a_copy_per_row(variant,
     assert (4 // micro_batches, 16, 64) in carried and (16 // micro_batches, 16, 64) in carried, carried
     assert (16 // micro_batches, 32, 64) in ref_carried and (16 // micro_batches, 32, 64) not in carried
     for key in ("n_kept", "kept_fraction", "loss", "rkl_all", "logprob_gap_max"):
+        np.testing.assert_allclose(float(metrics[key]), float(ref_metrics[key]), rtol=1e-4, atol=1e-6, err_msg=key)
+    for a, b in zip(ref_params, params):
+        np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-5)
+
+
+def test_step_with_prompts_run_once_on_a_mesh():
+    """Rows over data x fsdp = 4 devices, each holding one prompt and its 4 samples; tensor parallel 2."""
+    metrics, params, carried = _step("all", 1, True, mesh=(2, 2, 2))
+    ref_metrics, ref_params, _ = _step("all", 1, True)
+    assert (4, 16, 64) in carried and (16, 16, 64) in carried, carried
+    for key in ("n_kept", "loss", "rkl_all", "grad_norm"):
         np.testing.assert_allclose(float(metrics[key]), float(ref_metrics[key]), rtol=1e-4, atol=1e-6, err_msg=key)
     for a, b in zip(ref_params, params):
         np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-5)

@@ -131,13 +131,19 @@ def _rollout(settings: StepSettings, params, prompt_ids, prompt_mask, rng) -> sa
     return jax.tree.map(rows.merge, out)
 
 
+def rollout_samples(settings: StepSettings, state: optim.TrainState, prompt_ids: jax.Array,
+                    prompt_mask: jax.Array) -> sampling.SampleOutput:
+    """The samples the step on `state` draws (step 1 of build_step, with the state's rollout key)."""
+    _, roll_key, _ = jax.random.split(state.rng, 3)
+    return _rollout(settings, state.model, prompt_ids, prompt_mask, roll_key)
+
+
 def build_rollout(settings: StepSettings) -> Callable:
     """The step's rollout alone, `(state, prompt_ids, prompt_mask) -> response lengths [B]`: the same samples
     the next step will draw, for timing rollout and update separately (the step itself is one program)."""
 
     def rollout(state: optim.TrainState, prompt_ids: jax.Array, prompt_mask: jax.Array) -> jax.Array:
-        _, roll_key, _ = jax.random.split(state.rng, 3)
-        return _rollout(settings, state.model, prompt_ids, prompt_mask, roll_key).lengths
+        return rollout_samples(settings, state, prompt_ids, prompt_mask).lengths
 
     return rollout
 
@@ -169,6 +175,23 @@ def _logprob_gap(token_stats, sampled_logprobs, mask):
 def build_step(settings: StepSettings, optimizer: optax.GradientTransformation,
                schedule: optax.Schedule) -> Callable:
     """The training step for fixed settings; see the module docstring."""
+    update = build_update(settings, optimizer, schedule)
+
+    def step(state: optim.TrainState, teacher, prompt_ids: jax.Array, prompt_mask: jax.Array,
+             teacher_prompt_ids: jax.Array | None = None, teacher_prompt_mask: jax.Array | None = None):
+        # 1. Rollout with the current student (resharded for decoding when a mesh asks for it).
+        with jax.named_scope("rollout"):
+            out = rollout_samples(settings, state, prompt_ids, prompt_mask)
+        return update(state, teacher, prompt_ids, prompt_mask, out, teacher_prompt_ids, teacher_prompt_mask)
+
+    return step
+
+
+def build_update(settings: StepSettings, optimizer: optax.GradientTransformation,
+                 schedule: optax.Schedule) -> Callable:
+    """Steps 2-5 of the training step on given samples, `(state, teacher, prompt_ids, prompt_mask, out[,
+    teacher_prompt_ids, teacher_prompt_mask]) -> (state, metrics)`, out the rollout's SampleOutput for those prompts
+    (build_step draws it with rollout_samples; a benchmark can time the update alone)."""
     roll, sel = settings.rollout, settings.selection
     options = selection.SelectionOptions(**sel.options)
     token_mean = options.aggregation == "token_mean"
@@ -276,18 +299,15 @@ def build_step(settings: StepSettings, optimizer: optax.GradientTransformation,
         metrics = dict(plan.metrics, n_teacher_nonfinite=jnp.sum(bad_teacher), n_student_nonfinite=jnp.sum(bad_student))
         return loss, grads, metrics, token_stats
 
-    def step(state: optim.TrainState, teacher, prompt_ids: jax.Array, prompt_mask: jax.Array,
-             teacher_prompt_ids: jax.Array | None = None, teacher_prompt_mask: jax.Array | None = None):
-        rng, roll_key, select_key = jax.random.split(state.rng, 3)
+    def update(state: optim.TrainState, teacher, prompt_ids: jax.Array, prompt_mask: jax.Array,
+               out: sampling.SampleOutput, teacher_prompt_ids: jax.Array | None = None,
+               teacher_prompt_mask: jax.Array | None = None):
+        rng, _, select_key = jax.random.split(state.rng, 3)
         params = state.model
         prompt_len = prompt_ids.shape[1]
         if settings.teacher_source == "student":
             # Self-distillation: the current student is the teacher (its forward is under stop_gradient below).
             teacher = params
-
-        # 1. Rollout with the current student (resharded for decoding when a mesh asks for it).
-        with jax.named_scope("rollout"):
-            out = _rollout(settings, params, prompt_ids, prompt_mask, roll_key)
         resp_mask = out.response_mask[:, prompt_len:]
         batch = dict(resp_mask=resp_mask, resp_tokens=out.tokens[:, prompt_len:])
         if update_shares_prompts(settings, prompt_ids.shape[0]):  # each prompt once for its samples
@@ -323,4 +343,4 @@ def build_step(settings: StepSettings, optimizer: optax.GradientTransformation,
             selection_beta=jnp.asarray(knob["beta"], jnp.float32))
         return new_state, metrics
 
-    return step
+    return update

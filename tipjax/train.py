@@ -82,6 +82,7 @@ class Setup:
     optimization: build.Optimization
     batch_sharding: object
     eos_ids: tuple
+    settings: step_lib.StepSettings | None = None  # the step's static settings (benchmarks build its parts)
 
     @property
     def init_fn(self):
@@ -142,7 +143,7 @@ def setup(cfg, *, abstract: bool = False) -> Setup:
                       in_shardings=(opt.state_shardings, teacher_shardings, *prompts),
                       out_shardings=(opt.state_shardings, None), donate_argnums=(0,))
     rollout_fn = jax.jit(step_lib.build_rollout(settings), in_shardings=(opt.state_shardings, batch, batch))
-    return Setup(mesh, student, teacher, student_tok, step_fn, rollout_fn, opt, batch, eos)
+    return Setup(mesh, student, teacher, student_tok, step_fn, rollout_fn, opt, batch, eos, settings)
 
 
 # --- dry run -------------------------------------------------------------------------------------------
