@@ -189,8 +189,8 @@ MUTANTS: tuple[Mutant, ...] = (
         "an eval batch of whole prompts passes its first batch_size / n rows, not one row per prompt"),
     Mutant(
         "update_never_shares_prompts", "tipjax/step.py",
-        "return roll.share_prompt and roll.samples_per_prompt > 1 and prompts % whole == 0",
-        "return False",
+        "return fits[0] if roll.share_prompt and fits else n",
+        "return n",
         ("tests/test_shared_update.py",),
         "the update repeats every prompt per row again (correct, slower): only a structural check sees it"),
     Mutant(
@@ -199,6 +199,12 @@ MUTANTS: tuple[Mutant, ...] = (
         "return {k: rows.split(x, m, settings.split_sharding)",
         ("tests/test_shared_update.py",),
         "micro-batches of shared prompts take rows j, j + m, ... whose prompts are not the part's prompts"),
+    Mutant(
+        "update_prompt_copies_tiled", "tipjax/step.py",
+        "return jnp.repeat(x, copies, axis=0)",
+        "return jnp.tile(x, (copies,) + (1,) * (x.ndim - 1))",
+        ("tests/test_shared_update.py",),
+        "with several copies per prompt the copies are laid out prompt after prompt set, not next to their prompt"),
     Mutant(
         "prefixed_rows_one_position_early", "tipjax/models/decoder.py",
         "row_pos = jnp.maximum(prompt_len + jnp.cumsum(row_valid, axis=1, dtype=jnp.int32) - 1, 0)",

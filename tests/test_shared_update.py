@@ -157,20 +157,27 @@ def _step(variant, micro_batches, share, unit="rollout", mesh=(1, 1, 1)):
     return jax.device_get(metrics), [np.asarray(x) for x in jax.tree.leaves(new_state.model)], carried
 
 
-@pytest.mark.parametrize("variant, micro_batches, unit", [
-    ("all", 1, "rollout"),        # one micro-batch
-    ("q3_10", 2, "rollout"),      # micro-batches of whole prompts, selection in the loss pass
-    ("soft_or50", 2, "batch"),    # the two-pass step: statistics pass, then the gradient pass
+@pytest.mark.parametrize("variant, micro_batches, unit, copies", [
+    ("all", 1, "rollout", 1),        # one micro-batch
+    ("q3_10", 2, "rollout", 1),      # micro-batches of whole prompts, selection in the loss pass
+    ("soft_or50", 2, "batch", 1),    # the two-pass step: statistics pass, then the gradient pass
+    ("q3_10", 8, "rollout", 2),      # more micro-batches than prompts: two copies, each for 2 samples
 ])
-def test_step_with_prompts_run_once_equals_the_step_with_a_copy_per_row(variant, micro_batches, unit):
+def test_step_with_prompts_run_once_equals_the_step_with_a_copy_per_row(variant, micro_batches, unit, copies):
     metrics, params, carried = _step(variant, micro_batches, True, unit)
     ref_metrics, ref_params, ref_carried = _step(variant, micro_batches, False, unit)
     # tiny.py: 4 prompts x 4 samples, prompt bucket 16, 16 new tokens, student width 64: each micro-batch runs its
-    # 4 / m prompts once next to its 16 / m rows, where the copy-per-row step runs 16 / m rows of 32 columns.
-    assert (4 // micro_batches, 16, 64) in carried and (16 // micro_batches, 16, 64) in carried, carried
-    assert (16 // micro_batches, 32, 64) in ref_carried and (16 // micro_batches, 32, 64) not in carried
-    for key in ("n_kept", "kept_fraction", "loss", "rkl_all", "logprob_gap_max"):
+    # 4 x copies / m prompt copies once next to its 16 / m rows, where the copy-per-row step runs 16 / m rows of
+    # 32 columns; the teacher (width 96) likewise. (Other scans carry [2, 32, 64] at m = 8, so the teacher's
+    # width tells the copy-per-row forward apart.)
+    rows_m = 16 // micro_batches
+    for width in (64, 96):
+        assert (4 * copies // micro_batches, 16, width) in carried and (rows_m, 16, width) in carried, carried
+    assert (rows_m, 32, 96) in ref_carried and (rows_m, 32, 96) not in carried, carried
+    for key in ("n_kept", "kept_fraction", "loss", "rkl_all"):
         np.testing.assert_allclose(float(metrics[key]), float(ref_metrics[key]), rtol=1e-4, atol=1e-6, err_msg=key)
+    # The update's log-probabilities of the sampled tokens are the sampler's (fp32 rounding apart).
+    assert float(metrics["logprob_gap_max"]) < 1e-4
     for a, b in zip(ref_params, params):
         np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-5)
 
@@ -192,12 +199,20 @@ def test_update_shares_prompts_only_for_whole_prompts_per_device():
     split = build.split_sharding(mesh)
     assert rows.shards(split) == 8 and rows.shards(None) == 1
 
-    def shares(prompts, m, split_sharding=split, **kw):
-        settings = step_lib.StepSettings(rollout=dataclasses.replace(roll, **kw), selection=config_schema.SelectionSpec(),
-                                         eos_ids=(), vocab=8, micro_batches=m, split_sharding=split_sharding)
-        return step_lib.update_shares_prompts(settings, prompts)
+    def settings(m, split_sharding, **kw):
+        return step_lib.StepSettings(rollout=dataclasses.replace(roll, **kw), selection=config_schema.SelectionSpec(),
+                                     eos_ids=(), vocab=8, micro_batches=m, split_sharding=split_sharding)
 
+    def shares(prompts, m, split_sharding=split, **kw):
+        return step_lib.update_shares_prompts(settings(m, split_sharding, **kw), prompts)
+
+    def copies(prompts, m, split_sharding=split, **kw):
+        return step_lib.prompt_copies(settings(m, split_sharding, **kw), prompts)
+
+    # n = 4 samples, rows over 8 devices: micro_batches x 8 must divide P x copies
     assert shares(16, 2) and shares(8, 1) and shares(3, 3, None)
-    assert not shares(8, 2)                       # 4 prompts per micro-batch cannot cover 8 devices
+    assert copies(16, 2) == 1 and copies(8, 2) == 2   # 8 prompts for 16 slots: two copies of 2 samples each
+    assert copies(4, 4) == 4 and not shares(4, 4)     # one row per device and micro-batch: nothing to share
+    assert copies(3, 2, None) == 2 and copies(2, 3, None) == 4  # 3 micro-batches never divide 2 x (1, 2)
     assert not shares(16, 2, share_prompt=False)
     assert not shares(16, 2, samples_per_prompt=1)

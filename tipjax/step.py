@@ -88,15 +88,21 @@ def shares_prompts(roll) -> bool:
     return roll.share_prompt and n > 1 and (groups == 1 or (n % groups == 0 and n > groups))
 
 
-def update_shares_prompts(settings: StepSettings, prompts: int) -> bool:
-    """Whether the update runs each prompt once for its n samples (prefixed_response_hidden) instead of once per row:
-    with rollout.share_prompt and n > 1, when the micro-batches can hold whole prompts spread over the devices as
-    the rows are (micro_batches times the row shards divides P). Micro-batch j then holds prompts j, j + m, ...
-    with all their samples (rows.split with group n), not rows j, j + m, ...; norm_scope "micro_batch"
-    statistics are taken over those rows."""
+def prompt_copies(settings: StepSettings, prompts: int) -> int:
+    """How many copies of each prompt the update runs, each for n / c of its n samples (prefixed_response_hidden):
+    the fewest c dividing n for which micro_batches times the row shards divides P * c, so that every micro-batch
+    holds whole copies spread over the devices as the rows are. n (a copy per row) without rollout.share_prompt or
+    when no c fits. Micro-batch j then holds copies j, j + m, ... with their samples (rows.split with group n / c),
+    not rows j, j + m, ...; norm_scope "micro_batch" statistics are taken over those rows."""
     roll = settings.rollout
-    whole = settings.micro_batches * rows.shards(settings.split_sharding)
-    return roll.share_prompt and roll.samples_per_prompt > 1 and prompts % whole == 0
+    n, whole = roll.samples_per_prompt, settings.micro_batches * rows.shards(settings.split_sharding)
+    fits = [c for c in range(1, n) if n % c == 0 and prompts * c % whole == 0]
+    return fits[0] if roll.share_prompt and fits else n
+
+
+def update_shares_prompts(settings: StepSettings, prompts: int) -> bool:
+    """Whether the update runs a prompt once for several of its samples instead of once per row (prompt_copies)."""
+    return prompt_copies(settings, prompts) < settings.rollout.samples_per_prompt
 
 
 def _rollout(settings: StepSettings, params, prompt_ids, prompt_mask, rng) -> sampling.SampleOutput:
@@ -231,7 +237,7 @@ def build_update(settings: StepSettings, optimizer: optax.GradientTransformation
 
     def layout(batch):
         """(split, merge) of a batch into micro-batches: whole prompts per part when it holds prompts."""
-        group = roll.samples_per_prompt if "prompt_ids" in batch else 1
+        group = batch["resp_mask"].shape[0] // batch["prompt_ids"].shape[0] if "prompt_ids" in batch else 1
 
         def split(b):
             return {k: rows.split(x, m, settings.split_sharding, group=1 if k in _PROMPT_KEYS else group)
@@ -310,10 +316,15 @@ def build_update(settings: StepSettings, optimizer: optax.GradientTransformation
             teacher = params
         resp_mask = out.response_mask[:, prompt_len:]
         batch = dict(resp_mask=resp_mask, resp_tokens=out.tokens[:, prompt_len:])
-        if update_shares_prompts(settings, prompt_ids.shape[0]):  # each prompt once for its samples
-            batch.update(prompt_ids=prompt_ids, prompt_mask=prompt_mask)
+        copies = prompt_copies(settings, prompt_ids.shape[0])
+        if copies < roll.samples_per_prompt:  # each prompt (copy) once for its samples
+            def copied(x):
+                return jnp.repeat(x, copies, axis=0)
+
+            batch.update(prompt_ids=copied(prompt_ids), prompt_mask=copied(prompt_mask))
             if teacher_prompt_ids is not None:
-                batch.update(teacher_prompt_ids=teacher_prompt_ids, teacher_prompt_mask=teacher_prompt_mask)
+                batch.update(teacher_prompt_ids=copied(teacher_prompt_ids),
+                             teacher_prompt_mask=copied(teacher_prompt_mask))
         else:
             seq_mask = jnp.concatenate([jnp.repeat(prompt_mask, roll.samples_per_prompt, axis=0), resp_mask], axis=1)
             batch.update(tokens=out.tokens, seq_mask=seq_mask)
