@@ -253,10 +253,10 @@ MUTANTS: tuple[Mutant, ...] = (
                "return out.transpose(0, 3, 2, 1, 4).reshape(b, t, n, h)"),)),
     Mutant(
         "shared_prompt_padding_visible", "tipjax/models/attention.py",
-        "scores_p = jnp.where(prompt.mask[:, None, None, None, None, :], scores_p, _MASKED)",
-        "scores_p = jnp.where(prompt.mask[:, None, None, None, None, :] | True, scores_p, _MASKED)",
-        ("tests/test_shared_prompt.py",),
-        "xla attention over a shared prompt sees its left padding and empty slots"),
+        "scores_p = jnp.where(prompt_valid[:, None, None, None, None, :], scores_p, _MASKED)",
+        "scores_p = jnp.where(prompt_valid[:, None, None, None, None, :] | True, scores_p, _MASKED)",
+        ("tests/test_shared_prompt.py", "tests/test_shared_update.py"),
+        "xla attention over a shared prompt (rollout and update) sees its left padding and empty slots"),
     Mutant(
         "kernel_prompt_read_past_its_length", "tipjax/models/decode_kernel.py",
         "end=prompt_length)",
