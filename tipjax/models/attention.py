@@ -31,6 +31,10 @@ Decode (ModelConfig.decode_attention): one new query per row against the cache.
               4.00-4.10 s, where xla over float8 took 4.18 s. Other GPUs are not measured (docs/performance.md,
               "Accelerator").
 
+Training over shared prompts (prefixed_attention, for Decoder.hidden_prefixed): rows whose queries follow their
+prompt's keys, the prompt run once for its n rows; xla reads its keys once per prompt, the fused backends take
+each row's whole causal sequence.
+
 cuDNN's query/key lengths assume right padding, and tipjax's prompts are left padded, so the cudnn path
 never passes lengths: a mask with padding, a cache offset or segments goes in as a dense [B, 1, T, S]
 boolean mask (jax turns it into a finite bias, so a query that sees no key gets a uniform, finite softmax,
@@ -276,8 +280,8 @@ def prefixed_attention(q: jax.Array, k: jax.Array, v: jax.Array, kv_valid: jax.A
 
     xla reads each prompt's keys once for its n rows (_shared_prompt_attention, query chunks as _xla_attention).
     A fused backend gets the row's whole sequence, the prompt's keys repeated and its query slots zero: the plain
-    causal self-attention that cuDNN and splash take (the prompt queries' work, ~(Tp / T)^2 / 2 of the call's, is
-    thrown away), whose output rows after the prompt are the answer.
+    causal self-attention that cuDNN and splash take (the prompt queries' work, (Tp / (Tp + T))^2 of the causal
+    call's, is thrown away), whose output rows after the prompt are the answer.
     """
     b, t, n, h = q.shape
     p, tp = prompt_k.shape[:2]
