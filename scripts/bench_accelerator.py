@@ -231,7 +231,7 @@ def worker_train(args, smoke):
     from tipjax import build, models, step as step_lib
     from tipjax.config_schema import OptimSpec, RolloutSpec, SelectionSpec
 
-    p, n, tp, new = (2, 2, 16, 32) if smoke else (8, 8, 256, 1024)
+    p, n, tp, new = (2, 4, 16, 32) if smoke else (8, 8, 256, 1024)  # smoke: 2 copies of a prompt per 2 samples
     _set_tilings(args)
     s_cfg, t_cfg = _presets(smoke)
     s_cfg = s_cfg.replace(**{"param_dtype": "float32", "compute_dtype": "bfloat16", "remat": "full",

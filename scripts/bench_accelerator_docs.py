@@ -92,14 +92,17 @@ def render(results: dict) -> str:
         lines += ["### OPD step (Qwen3-1.7B -> Qwen3-0.6B, 8 prompts x 8 samples, prompt 256, 1024 new, "
                   "micro_batches 4, all tokens)", "",
                   "| code | compile s | step s | rollout s | update s | update TFLOP/s (probe count) | "
-                  "update MFU (model FLOPs / 989) | temp GiB |", "|---|---|---|---|---|---|---|---|"]
+                  "update MFU (model FLOPs / 989) | executed TFLOP/s (prompts run once) | temp GiB |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for r in train:
             roll = f"{r['rollout_s']:.2f}" if "rollout_s" in r else "-"
             upd = f"{r['update_s']:.2f}" if "update_s" in r else "-"
             tf = f"{r['update_tflops_probe']:.0f}" if "update_tflops_probe" in r else "-"
             mfu = f"{r['update_model_tflops'] / PEAK_BF16_TFLOPS:.0%}" if "update_model_tflops" in r else "-"
+            # Runs before the update ran each prompt once for its samples recorded no executed count.
+            ran = f"{r['update_executed_tflops']:.0f}" if r.get("update_shares_prompts") else "-"
             lines.append(f"| {_label(r)} | {r['compile_s']:.1f} | {r['step_s']:.2f} | {roll} | {upd} | {tf} | {mfu} "
-                         f"| {r['temp_gib']:.1f} |")
+                         f"| {ran} | {r['temp_gib']:.1f} |")
         lines.append("")
     profiled = next((r for r in train if "profile" in r), None)
     if profiled:
