@@ -284,10 +284,11 @@ def worker_train(args, smoke):
         # token, teacher 2) and the model FLOPs of MFU (student 6, teacher 2: recompute not counted).
         probe_flops = (2 * _body_params(t_cfg) + 8 * _body_params(s_cfg)) * rows_b * seq + head
         model_flops = (2 * _body_params(t_cfg) + 6 * _body_params(s_cfg)) * rows_b * seq + head
-        # Model FLOPs count every row's whole sequence (the issue's yardstick); an update that runs each prompt
-        # once for its samples (step.update_shares_prompts) executes P * tp + B * new tokens' worth of them.
-        shared = step_lib.update_shares_prompts(settings, p)
-        run = (p * tp + rows_b * new) if shared else rows_b * seq
+        # Model FLOPs count every row's whole sequence (the issue's yardstick); an update that runs c copies of
+        # each prompt for its samples (step.prompt_copies) executes P * c * tp + B * new tokens' worth of them.
+        copies = step_lib.prompt_copies(settings, p)
+        shared = copies < n
+        run = p * copies * tp + rows_b * new
         executed = (2 * _body_params(t_cfg) + 6 * _body_params(s_cfg)) * run + head
         out.update(rollout_s=roll_s, update_s=update_s, update_tflops_probe=probe_flops / update_s / 1e12,
                    update_model_tflops=model_flops / update_s / 1e12, update_shares_prompts=shared,

@@ -14,12 +14,17 @@ import bench_accelerator_docs  # noqa: E402
 
 def test_smoke_runs_on_cpu(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_accelerator.py"), str(tmp_path), "--smoke",
-                           "--only", "ceilings;decode HLO;decode attention kernel"], capture_output=True, text=True,
-                          timeout=300)
+                           "--only", "ceilings;decode HLO;decode attention kernel;train new"], capture_output=True,
+                          text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = json.loads((tmp_path / "bench_accelerator.json").read_text())
     runs = {r["section"]: r for r in results["runs"]}
-    assert results["smoke"] and set(runs) == {"ceilings", "hlo", "kernel"}
+    assert results["smoke"] and set(runs) == {"ceilings", "hlo", "kernel", "train"}
+    # The step row (the device session's first after the kernel): its update runs prompts once (smoke: 2 prompts x
+    # 4 samples, 4 micro-batches, so 2 copies of each prompt), and the executed FLOPs are fewer than the model's.
+    train = runs["train"]
+    assert "error" not in train and train["step_s"] > 0 and train["update_shares_prompts"]
+    assert 0 < train["update_executed_tflops"] < train["update_model_tflops"]
     # The kernel row checks the kernel against the xla path (bf16: within rounding) besides timing both.
     kernel_rows = runs["kernel"]["rows"]
     assert len(kernel_rows) == 6 and all(r["us_per_call"] > 0 and r["max_abs_diff_vs_xla"] < 1e-2 for r in kernel_rows)
@@ -32,6 +37,7 @@ def test_smoke_runs_on_cpu(tmp_path):
     assert isinstance(runs["hlo"]["cache_writes"], list) and runs["hlo"]["decode_kernels"] > 0
     assert "Ceilings measured in the run" in proc.stdout and "### Compiled decode loop" in proc.stdout
     assert "### The attention half of a decode layer alone" in proc.stdout and "| float8_e4m3fn | kernel" in proc.stdout
+    assert "### OPD step" in proc.stdout
 
 
 def test_docs_render_from_checked_in_results(tmp_path):
