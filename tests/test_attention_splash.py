@@ -118,3 +118,21 @@ def test_splash_forward_and_backward_lower_to_tpu_kernels_sharded_or_not(monkeyp
     with jax.set_mesh(models.make_mesh(data=2, fsdp=2, tensor=2)):
         text = grads.trace(*args).lower(lowering_platforms=("tpu",)).as_text()
     assert text.count("tpu_custom_call") == 3 and "manual_computation" in text
+
+
+def test_a_kernel_first_built_inside_a_trace_serves_later_traces():
+    """The cached splash kernel built while tracing a layer scan holds concrete mask arrays, not that trace's
+    tracers: the next call at the same shape (eager here, any later jit in the trainer) runs and agrees."""
+    from tipjax.models import splash
+
+    splash._kernel.cache_clear()
+    q, k, v = qkv(2, 128, 128, n=2, kv=1, h=H, seed=5)
+    mask = _mask(None, None)
+
+    def scanned(q, k, v):  # the decoder's layer scan, one layer
+        return jax.lax.scan(lambda c, _: (attention.attention(c, k, v, mask, backend="splash"), None), q, None,
+                            length=1)[0]
+
+    first = jax.jit(scanned)(q, k, v)
+    again = attention.attention(q, k, v, mask, backend="splash")
+    np.testing.assert_allclose(np.asarray(again), np.asarray(first), rtol=1e-6, atol=1e-6)

@@ -46,8 +46,11 @@ def _kernel(t: int, groups: int, causal: bool, interpret: bool):
     b = _block(t)
     sizes = sk.BlockSizes(block_q=b, block_kv=b, block_kv_compute=b, block_q_dkv=b, block_kv_dkv=b,
                           block_kv_dkv_compute=b, block_q_dq=b, block_kv_dq=b)
-    return sk.make_splash_mqa_single_device(sm.MultiHeadMask([base] * groups), block_sizes=sizes,
-                                            interpret=interpret)
+    # Cached across traces, so its mask arrays must be concrete: built inside a trace (a jit, a layer scan) they
+    # would be that trace's tracers, and the next trace at this shape would fail on them (UnexpectedTracerError).
+    with jax.ensure_compile_time_eval():
+        return sk.make_splash_mqa_single_device(sm.MultiHeadMask([base] * groups), block_sizes=sizes,
+                                                interpret=interpret)
 
 
 def segment_ids(kv_valid: jax.Array | None, segments: jax.Array | None, b: int, t: int) -> jax.Array:
