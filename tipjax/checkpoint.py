@@ -31,6 +31,19 @@ STATE, PROMPTS = "state", "prompts"
 UNREADABLE, SUPERSEDED = ".unreadable", ".superseded"  # suffixes of set-aside step folders
 
 log = logging.getLogger(__name__)
+
+
+class _UnretrievedReadErrors(logging.Filter):
+    """Drops asyncio's "Task exception was never retrieved" report (a multi-line traceback, printed whenever garbage
+    collection gets to it) for orbax's sibling read tasks of a failed restore: the failure itself is already
+    reported in one line (the "skipped checkpoint" warning or CheckpointError)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith("Task exception was never retrieved") and "orbax" in message)
+
+
+logging.getLogger("asyncio").addFilter(_UnretrievedReadErrors())
 _barriers = itertools.count()
 _quiet = False  # whether _quiet_abandoned_reads has installed its filter
 
