@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import subprocess
@@ -249,23 +250,29 @@ def worker_train(args, smoke):
         eos_ids=(), vocab=s_cfg.vocab_size, micro_batches=4, param_shardings=opt.state_shardings.model,
         split_sharding=build.split_sharding(mesh))
     batch = models.batch_sharding(mesh)
-    step_fn = jax.jit(step_lib.build_step(settings, opt.optimizer, opt.schedule),
-                      in_shardings=(opt.state_shardings, models.model_shardings(teacher, mesh), batch, batch),
-                      out_shardings=(opt.state_shardings, None), donate_argnums=(0,))
     state = opt.init_fn(student, jax.random.PRNGKey(2))
     del student
     ids = jax.device_put(np.random.default_rng(0).integers(3, min(s_cfg.vocab_size, 50000), (p, tp)).astype(np.int32),
                          batch)
     mask = jax.device_put(np.ones((p, tp), np.int32), batch)
+    shardings = (opt.state_shardings, models.model_shardings(teacher, mesh), batch, batch)
+    inputs = (state, teacher, ids, mask)
+    if args.get("update_alone"):  # steps 2-5 on one rollout's samples: timed and profiled without 1024 decode steps
+        samples = jax.jit(functools.partial(step_lib.rollout_samples, settings))(state, ids, mask)
+        program = step_lib.build_update(settings, opt.optimizer, opt.schedule)
+        inputs, shardings = inputs + (samples,), shardings + (None,)
+    else:
+        program = step_lib.build_step(settings, opt.optimizer, opt.schedule)
+    step_fn = jax.jit(program, in_shardings=shardings, out_shardings=(opt.state_shardings, None), donate_argnums=(0,))
     setup_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    compiled = step_fn.lower(state, teacher, ids, mask).compile()
+    compiled = step_fn.lower(*inputs).compile()
     compile_s = time.perf_counter() - t0
     temp_gib = compiled.memory_analysis().temp_size_in_bytes / 2**30
     steps = []
     for _ in range(args.get("steps", 3)):
         t = time.perf_counter()
-        state, metrics = compiled(state, teacher, ids, mask)
+        state, metrics = compiled(state, *inputs[1:])
         jax.block_until_ready(metrics)
         steps.append(time.perf_counter() - t)
     step_s = float(np.median(steps[1:])) if len(steps) > 1 else steps[0]
@@ -273,13 +280,16 @@ def worker_train(args, smoke):
     out = dict(tilings=[list(dataclasses.astuple(t)) for t in (decode_kernel.DEFAULT, decode_kernel.DEFAULT_FLOAT8)],
                setup_s=setup_s, compile_s=compile_s, steps_s=steps, step_s=step_s, temp_gib=temp_gib,
                loss=float(metrics["loss"]), response_tokens=float(metrics["response_tokens"]))
-    if args.get("rollout", True):
-        rollout = jax.jit(step_lib.build_rollout(settings))
-        jax.block_until_ready(rollout(state, ids, mask))
-        roll_s = _median_time(lambda: jax.block_until_ready(rollout(state, ids, mask)), 2)
+    if args.get("rollout", True) or args.get("update_alone"):
+        if args.get("update_alone"):
+            roll_s, update_s = None, step_s
+        else:
+            rollout = jax.jit(step_lib.build_rollout(settings))
+            jax.block_until_ready(rollout(state, ids, mask))
+            roll_s = _median_time(lambda: jax.block_until_ready(rollout(state, ids, mask)), 2)
+            update_s = max(step_s - roll_s, 1e-9)
         rows_b, seq = p * n, tp + new
         head = 2 * rows_b * new * (3 * s_cfg.hidden_size + t_cfg.hidden_size) * s_cfg.vocab_size
-        update_s = max(step_s - roll_s, 1e-9)
         # accel_probe's count (remat full: student 2 forward + 2 recompute + 4 backward = 8 per param and
         # token, teacher 2) and the model FLOPs of MFU (student 6, teacher 2: recompute not counted).
         probe_flops = (2 * _body_params(t_cfg) + 8 * _body_params(s_cfg)) * rows_b * seq + head
@@ -294,7 +304,7 @@ def worker_train(args, smoke):
                    update_model_tflops=model_flops / update_s / 1e12, update_shares_prompts=shared,
                    update_executed_tflops=executed / update_s / 1e12)
     if args.get("profile"):  # one more step under the profiler: device time by scope (the trace is not kept)
-        out.update(_profiled(lambda: jax.block_until_ready(compiled(state, teacher, ids, mask)[1]),
+        out.update(_profiled(lambda: jax.block_until_ready(compiled(state, *inputs[1:])[1]),
                              Path(args["profile"]), compiled.as_text()))
     print(out, flush=True)
     return out
@@ -368,6 +378,12 @@ def plan():
         ("train", "train new", "train", dict(steps=2), "new", {}, 110),
         ("train", "train new, prompts not shared", "train", dict(steps=2, rollout_spec=dict(share_prompt=False)),
          "new", {}, 110),
+        # Where the update's 1.6 s go (runs C-I measured it only as step minus rollout; the row was past run I's
+        # budget, so it now runs early).
+        # The update alone (step.build_update on one rollout's samples): timed directly, not as step minus rollout,
+        # and its profile holds no decode kernels.
+        ("train", "update new alone, profiled, command buffers off", "train",
+         dict(steps=3, update_alone=True, profile="OUT/profile"), "new", {"XLA_FLAGS": NO_COMMAND_BUFFERS}, 90),
         # "auto" decodes with tipjax's Pallas kernel on CUDA (runs G, I: faster than xla at batch 8 and 64).
         ("decode", "decode new", "decode", dict(variants=[dict(name="defaults (auto: the Pallas kernel on CUDA)")]),
          "new", {}, 60),
@@ -386,9 +402,6 @@ def plan():
         ("train", "train new, kernel over float8, best tiling", "train",
          dict(steps=3, rollout_spec=dict(kv_cache_dtype="float8_e4m3fn"), tiling_float8="BEST:float8_e4m3fn"),
          "new", {}, 110),
-        # Where the update's 1.6 s go (runs C-I measured it only as step minus rollout).
-        ("train", "train new, profiled, command buffers off", "train",
-         dict(steps=1, rollout=False, profile="OUT/profile"), "new", {"XLA_FLAGS": NO_COMMAND_BUFFERS}, 90),
         # Batch 8's step is mostly M = 8 GEMMs (run I's profile): Triton GEMMs may fuse more or tile them better.
         ("decode", "decode new, Triton GEMMs only", "decode",
          dict(variants=[dict(name="auto, --xla_gpu_cublas_fallback=false")]), "new", {"XLA_FLAGS": TRITON_GEMMS}, 60),

@@ -95,20 +95,22 @@ def render(results: dict) -> str:
                   "update MFU (model FLOPs / 989) | executed TFLOP/s (prompts run once) | temp GiB |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for r in train:
-            roll = f"{r['rollout_s']:.2f}" if "rollout_s" in r else "-"
+            roll = f"{r['rollout_s']:.2f}" if r.get("rollout_s") is not None else "-"  # None: the update alone
             upd = f"{r['update_s']:.2f}" if "update_s" in r else "-"
             tf = f"{r['update_tflops_probe']:.0f}" if "update_tflops_probe" in r else "-"
             mfu = f"{r['update_model_tflops'] / PEAK_BF16_TFLOPS:.0%}" if "update_model_tflops" in r else "-"
             # Runs before the update ran each prompt once for its samples recorded no executed count.
             ran = f"{r['update_executed_tflops']:.0f}" if r.get("update_shares_prompts") else "-"
-            lines.append(f"| {_label(r)} | {r['compile_s']:.1f} | {r['step_s']:.2f} | {roll} | {upd} | {tf} | {mfu} "
+            step = "-" if "rollout_s" in r and r["rollout_s"] is None else f"{r['step_s']:.2f}"
+            lines.append(f"| {_label(r)} | {r['compile_s']:.1f} | {step} | {roll} | {upd} | {tf} | {mfu} "
                          f"| {ran} | {r['temp_gib']:.1f} |")
         lines.append("")
     profiled = next((r for r in train if "profile" in r), None)
     if profiled:
         prof = profiled["profile"]
         total = prof["total_ms"] or 1.0
-        lines += [f"### Where one OPD step's device time goes ({profiled['label']}, jax.profiler)", "",
+        what = "the update's" if profiled.get("rollout_s", 0) is None else "one OPD step's"
+        lines += [f"### Where {what} device time goes ({profiled['label']}, jax.profiler)", "",
                   f"{prof['kernels']} kernels, {prof['total_ms']:.0f} ms of kernel time"
                   + (f" in a span of {prof['span_ms']:.0f} ms " if prof.get("span_ms") else " ") +
                   f"({prof['unmatched_ms']:.0f} ms not traced back to a scope). By jax scope "

@@ -67,7 +67,8 @@ def scope_of(op_name: str) -> dict[str, str]:
     block sub-stage."""
     segments = [_unwrap(s) for s in op_name.split("/")]
     part = next((p for p in PARTS if p in segments), "-")
-    stage = ("rollout" if "rollout" in segments else "optimizer" if "update" in segments else
+    scopes = segments[1:]  # not the jitted function's own name (step.build_update's is "update")
+    stage = ("rollout" if "rollout" in scopes else "optimizer" if "update" in scopes else
              "grad" if part != "-" else "other")
     return dict(stage=stage, part=part,
                 direction=("recompute" if "rematted_computation" in op_name else

@@ -14,12 +14,21 @@ import bench_accelerator_docs  # noqa: E402
 
 def test_smoke_runs_on_cpu(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_accelerator.py"), str(tmp_path), "--smoke",
-                           "--only", "ceilings;decode HLO;decode attention kernel;train new"], capture_output=True,
+                           "--only", "ceilings;decode HLO;decode attention kernel;train new;"
+                           "update new alone, profiled, command buffers off"], capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = json.loads((tmp_path / "bench_accelerator.json").read_text())
     runs = {r["section"]: r for r in results["runs"]}
     assert results["smoke"] and set(runs) == {"ceilings", "hlo", "kernel", "train"}
+    # The update alone, timed directly and profiled (the device session's first profile row): its kernels are
+    # the teacher's and student's passes, none of a rollout.
+    alone = [r for r in results["runs"] if r["label"].startswith("update new alone")][0]
+    assert "error" not in alone and alone["rollout_s"] is None and alone["update_s"] == alone["step_s"] > 0
+    stages = {row["stage"] for row in alone["profile"]["by_scope"]}
+    assert "grad" in stages and "rollout" not in stages, stages
+    assert "### Where the update's device time goes" in proc.stdout
+    runs["train"] = [r for r in results["runs"] if r["label"] == "train new"][0]
     # The step row (the device session's first after the kernel): its update runs prompts once (smoke: 2 prompts x
     # 4 samples, 4 micro-batches, so 2 copies of each prompt), and the executed FLOPs are fewer than the model's.
     train = runs["train"]

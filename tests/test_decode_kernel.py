@@ -3,6 +3,11 @@ write and the attention over each row's filled slots against a float64 numpy res
 Triton."""
 
 import functools
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -208,3 +213,36 @@ def test_auto_splits_fill_the_gpu_without_splitting_past_the_cache():
         assert splits == 1 or programs * splits // 2 < decode_kernel.PROGRAMS
         assert programs * splits >= decode_kernel.PROGRAMS or splits == 8 or 2 * splits > blocks
     assert decode_kernel.auto_splits(64 * 8, 40) == 1 and decode_kernel.auto_splits(8 * 8, 40) == 4
+
+
+def test_a_jax_without_the_triton_backend_still_imports_and_decodes(tmp_path):
+    """jax deprecates Pallas's Triton backend and announces its removal. Without it (the import blocked in a
+    fresh process) tipjax imports, the kernel still runs in interpret mode (equal to the float64 reference),
+    "auto" takes xla on CUDA, and 'pallas' on a GPU is a one-line config error naming the key."""
+    script = textwrap.dedent("""
+        import sys
+        sys.modules["jax.experimental.pallas.triton"] = None  # as if jax no longer shipped it
+        import jax
+        import pytest
+        import test_decode_kernel as t
+        from tipjax import config_checks
+        from tipjax.config_loader import ConfigError
+        from tipjax.config_schema import ModelSpec
+        from tipjax.models import attention, decode_kernel
+
+        assert decode_kernel.TRITON is None
+        t.test_attend_equals_reference(2, 64, [0, 5, 33, 60], True)
+        assert decode_kernel.missing_here() is None  # CPU: interpret mode
+        assert attention.resolve_decode_backend("auto", "cuda", t=1, s=640, head_dim=128, contiguous=True,
+                                                triton=decode_kernel.TRITON is not None) == "xla"
+        jax.default_backend = lambda: "gpu"
+        spec = ModelSpec(preset="Qwen3-0.6B", decode_attention="pallas")
+        with pytest.raises(ConfigError) as e:
+            config_checks._check_decode_kernel("student", spec, files=False)
+        assert "student.decode_attention" in str(e.value) and "Triton backend" in str(e.value), e.value
+        print("OK")
+    """)
+    tests = Path(__file__).resolve().parent
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tests, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(tests), "JAX_PLATFORMS": "cpu"})
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("OK"), proc.stderr[-3000:]

@@ -74,6 +74,10 @@ def test_cached_attention_pallas_equals_xla():
     ("pallas", "cpu", dict(t=1, s=640, head_dim=128, contiguous=True), "pallas"),  # interpret mode
     ("pallas", "cuda", dict(t=1, s=640, head_dim=128, contiguous=True, groups=4), "pallas"),
     ("pallas", "rocm", dict(t=1, s=640, head_dim=128, contiguous=True), "pallas"),
+    # a jax without Pallas's Triton backend (its removal is announced): "auto" decodes with xla on GPUs, and
+    # interpret mode (CPU, the tests) needs no Triton
+    ("auto", "cuda", dict(t=1, s=640, head_dim=128, contiguous=True, triton=False), "xla"),
+    ("pallas", "cpu", dict(t=1, s=640, head_dim=128, contiguous=True, triton=False), "pallas"),
 ])
 def test_resolve_decode_backend(requested, platform, kw, expected):
     assert attention.resolve_decode_backend(requested, platform, **kw) == expected
@@ -96,6 +100,8 @@ def test_resolve_decode_backend_errors():
         attention.resolve_decode_backend("flash", "cuda", t=1, s=640, head_dim=128, contiguous=True)
     with pytest.raises(ValueError, match="Triton kernel for GPUs"):  # not interpret mode on a TPU, silently slow
         attention.resolve_decode_backend("pallas", "tpu", t=1, s=640, head_dim=128, contiguous=True)
+    with pytest.raises(ValueError, match="needs Pallas's Triton backend, which jax .* no longer ships"):
+        attention.resolve_decode_backend("pallas", "cuda", t=1, s=640, head_dim=128, contiguous=True, triton=False)
     with pytest.raises(ValueError, match="decode_attention must be one of"):
         models.ModelConfig.from_hf_dict(_HF, decode_attention="flash")
 

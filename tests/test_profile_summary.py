@@ -54,6 +54,9 @@ def test_scope_paths():
     assert profile_summary.scope_of("jit(step)/transpose(jvp(teacher))/rematted_computation/qkv/dot")[
         "direction"] == "recompute"
     assert profile_summary.scope_of("jit(step)/update/add")["stage"] == "optimizer"
+    # The update compiled alone (step.build_update: its function is named "update"): its passes stay "grad".
+    assert profile_summary.scope_of("jit(update)/transpose(jvp(student))/mlp/dot_general")["stage"] == "grad"
+    assert profile_summary.scope_of("jit(update)/update/add")["stage"] == "optimizer"
     assert profile_summary.scope_of("")["stage"] == "other"
 
 

@@ -72,9 +72,12 @@ def _hf_fields(spec: ModelSpec, *, files: bool) -> dict:
 
 
 def _check_decode_kernel(name: str, spec: ModelSpec, *, files: bool) -> None:
-    """decode_attention='pallas' on a model whose head shapes the Triton kernel cannot take: before any loading."""
+    """decode_attention='pallas' on a model whose head shapes the Triton kernel cannot take, or on GPUs with a jax
+    that no longer ships Pallas's Triton backend: before any loading."""
     if spec.decode_attention == "pallas":
-        why = decode_kernel_misfit(_hf_fields(spec, files=files))
+        from tipjax.models import decode_kernel
+
+        why = decode_kernel.missing_here() or decode_kernel_misfit(_hf_fields(spec, files=files))
         _check(why is None, f"{name}.decode_attention", spec.decode_attention, why)
 
 

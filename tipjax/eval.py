@@ -116,10 +116,12 @@ def resolve_model(path: str | Path, dtype=jnp.float32, decode_attention: str = "
 
 
 def _check_decode_attention(hf: dict, decode_attention: str) -> None:
-    """--decode-attention pallas on a model whose heads the kernel cannot take: a usage error before weights load."""
+    """--decode-attention pallas on a model whose heads the kernel cannot take (or on GPUs without Pallas's Triton
+    backend): a usage error before weights load."""
     from tipjax.config_checks import decode_kernel_misfit
+    from tipjax.models import decode_kernel
 
-    why = decode_kernel_misfit(hf) if decode_attention == "pallas" else None
+    why = (decode_kernel.missing_here() or decode_kernel_misfit(hf)) if decode_attention == "pallas" else None
     if why:
         raise cli.UsageError(f"decode_attention='pallas' {why}", "--decode-attention")
 

@@ -160,7 +160,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: AttentionMask, *, 
 
 def resolve_decode_backend(requested: str, platform: str, *, t: int, s: int, head_dim: int,
                            contiguous: bool, groups: int = 1, cache_bytes: int = 2, here: bool = True,
-                           prompt_slots: int = 0) -> str:
+                           prompt_slots: int = 0, triton: bool = True) -> str:
     """The backend of a cache read: "xla" or "pallas". Pure, so every case is testable on CPU.
 
     "pallas" needs a one-token read (t == 1) of a cache whose rows are contiguous (LayerCache.starts given),
@@ -169,7 +169,8 @@ def resolve_decode_backend(requested: str, platform: str, *, t: int, s: int, hea
     and query heads per kv head (Triton tensor shapes); requested where it cannot run, it is an error. "auto"
     takes it on CUDA where it fits, the cache's elements are `cache_bytes` = 2 or 1 bytes (bf16/fp16 or float8:
     where it was measured faster; fp32 was not) and it suits the devices `here` (decode_kernel_suits_here:
-    Hopper, per device), else xla.
+    Hopper, per device), else xla. `triton`: this jax ships Pallas's Triton backend (decode_kernel.TRITON), which
+    the kernel needs on GPUs.
     """
     if requested not in DECODE_ATTENTION_BACKENDS:
         raise ValueError(f"decode attention backend {requested!r} is not one of {DECODE_ATTENTION_BACKENDS}")
@@ -178,6 +179,9 @@ def resolve_decode_backend(requested: str, platform: str, *, t: int, s: int, hea
     if requested == "pallas" and platform == "tpu":
         raise ValueError("decode_attention='pallas' is a Triton kernel for GPUs (interpret mode elsewhere, for tests); "
                          "on TPU use 'xla' or 'auto'")
+    on_gpu = platform in ("cuda", "rocm")
+    if requested == "pallas" and on_gpu and not triton:
+        raise ValueError(f"decode_attention='pallas' {decode_kernel.no_triton()}")
     if requested == "pallas":
         if not fits:
             raise ValueError(f"decode_attention='pallas' needs one query per row, contiguous rows (starts), a cache "
@@ -185,7 +189,7 @@ def resolve_decode_backend(requested: str, platform: str, *, t: int, s: int, hea
                              f"head_dim >= 32 and query heads per kv head; got t={t}, contiguous={contiguous}, "
                              f"s={s}, prompt slots={prompt_slots}, head_dim={head_dim}, groups={groups}")
         return "pallas"
-    auto = platform == "cuda" and fits and cache_bytes in (1, 2) and here
+    auto = platform == "cuda" and triton and fits and cache_bytes in (1, 2) and here
     return "pallas" if requested == "auto" and auto else "xla"
 
 
@@ -195,7 +199,8 @@ def decode_backend_here(requested: str, *, t: int, s: int, head_dim: int, groups
     element size."""
     return resolve_decode_backend(requested, current_platform(), t=t, s=s, head_dim=head_dim, contiguous=contiguous,
                                   groups=groups, cache_bytes=jnp.dtype(cache_dtype).itemsize,
-                                  here=decode_kernel_suits_here(), prompt_slots=prompt_slots)
+                                  here=decode_kernel_suits_here(), prompt_slots=prompt_slots,
+                                  triton=decode_kernel.TRITON is not None)
 
 
 def model_decode_backend(cfg, *, t: int, s: int, contiguous: bool, cache_dtype, prompt_slots: int = 0) -> str:

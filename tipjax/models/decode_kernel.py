@@ -23,9 +23,11 @@ e4m3 -> bf16 conversions the kernel was slower than xla over float8 on an H200, 
 128 it takes 16% less time (docs/performance.md, run I).
 
 Lowered by Pallas to Triton on GPUs; anywhere else it runs in Pallas interpret mode (the tests' reference path).
-jax 0.11 deprecates Pallas's Triton backend in favour of Mosaic GPU (a warning at lowering); it works in the jax
-versions pyproject.toml allows (< 0.12), and a Mosaic GPU port, measured against this one (docs/performance.md,
-run G), is the way forward.
+jax 0.11 deprecates Pallas's Triton backend in favour of Mosaic GPU (a warning at lowering) and announces its
+removal; it is still there in jax 0.12, the newest pyproject.toml allows. Where a jax no longer ships it,
+TRITON is None: "auto" then decodes with xla on GPUs, and 'pallas' is a one-line error there (interpret mode,
+the tests' path, needs no Triton). A Mosaic GPU port, measured against this one (docs/performance.md, run G),
+is the way forward.
 """
 
 from __future__ import annotations
@@ -36,7 +38,11 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
-from jax.experimental.pallas import triton as pl_triton
+
+try:
+    from jax.experimental.pallas import triton as TRITON
+except ImportError:  # removed from jax (announced since 0.11): "auto" falls back to xla, see the module doc
+    TRITON = None
 from jax.sharding import PartitionSpec as P
 
 from tipjax.models import sharding
@@ -110,6 +116,17 @@ def misfit(num_heads: int, num_kv_heads: int, head_dim: int) -> str | None:
         return None
     return (f"needs power-of-two query heads per kv head and head_dim >= 32; this model has {groups} and "
             f"{head_dim} (use 'auto')")
+
+
+def no_triton() -> str:
+    """The tail of the one-line error for 'pallas' on GPUs with a jax that no longer ships Triton."""
+    return f"needs Pallas's Triton backend, which jax {jax.__version__} no longer ships (use 'auto' or 'xla')"
+
+
+def missing_here() -> str | None:
+    """Why the kernel cannot run on this machine's GPUs (the tail of a one-line config error), or None. Off GPUs
+    it runs in interpret mode, which needs no Triton."""
+    return no_triton() if TRITON is None and jax.default_backend() == "gpu" else None
 
 
 def attend(qkv: jax.Array, k_cache: jax.Array, v_cache: jax.Array, starts: jax.Array, index: jax.Array, *,
@@ -225,7 +242,7 @@ def _call(starts, index, qkv, cos, sin, norm, k_cache, v_cache, *shared, scale, 
         input_output_aliases={6: n_out, 7: n_out + 1},
         # Triton, not the default Mosaic GPU backend: a whole [S, H] slab per program is Triton's pointer block,
         # Mosaic GPU would stage it in shared memory.
-        compiler_params=pl_triton.CompilerParams(num_warps=tiling.num_warps, num_stages=tiling.num_stages),
+        compiler_params=_compiler_params(tiling, interpret),
         interpret=interpret,
         name="tipjax_decode_attention",
     )(starts, index, qkv, cos, sin, norm, k_cache, v_cache, *shared)
@@ -236,6 +253,14 @@ def _call(starts, index, qkv, cos, sin, norm, k_cache, v_cache, *shared, scale, 
     w = jnp.exp(m - top)                     # [B, K, splits, G], 0 for splits that saw nothing
     out = jnp.sum(w[..., None] * acc, axis=2) / jnp.sum(w * l, axis=2)[..., None]
     return out.astype(qkv.dtype), k_layer, v_layer
+
+
+def _compiler_params(tiling: Tiling, interpret: bool):
+    if interpret:
+        return None
+    if TRITON is None:
+        raise ValueError(f"decode_attention='pallas' {missing_here()}")
+    return TRITON.CompilerParams(num_warps=tiling.num_warps, num_stages=tiling.num_stages)
 
 
 def _kernel(starts_ref, index_ref, qkv_ref, cos_ref, sin_ref, norm_ref, k_ref, v_ref, *refs,
