@@ -404,6 +404,10 @@ def _shared_prompt_attention(q, k, v, visible, prompt_k, prompt_v, prompt_valid)
     total = jnp.sum(e_p, -1, keepdims=True) + jnp.sum(e, -1, keepdims=True)
     # probabilities rounded to the values' dtype, as _attention_block's softmax
     probs_p = (e_p / total).astype(v.dtype).reshape(p, samples, kv_heads, g, t, -1)
+    if current_platform() == "cpu" and vp.dtype != f32:
+        # XLA:CPU of jax 0.12 runs this product (its operands swapped, contracting the values' slots) in a DotThunk
+        # without a bf16 x bf16 -> f32 kernel: UNIMPLEMENTED at run time. The same products in f32 run anywhere.
+        probs_p, vp = probs_p.astype(f32), vp.astype(f32)
     out = (jnp.einsum("PnKGTS,PKSH->PnKGTH", probs_p, vp, preferred_element_type=f32).reshape(b, kv_heads, g, t, h)
            + jnp.einsum("BKGTS,BKSH->BKGTH", (e / total).astype(v.dtype), v, preferred_element_type=f32))
     return out.astype(q.dtype).transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
