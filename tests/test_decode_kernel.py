@@ -165,7 +165,8 @@ def test_shapes_triton_cannot_take_are_an_error(groups, head_dim, slots):
     (jnp.bfloat16, "", True), (jnp.float8_e4m3fn, "float16", True)])
 def test_lowers_to_one_triton_kernel_for_cuda(groups, splits, cache_dtype, operands, transposed):
     """The kernel at the OPD rollout's shapes (norm and rope on) lowers, on this CPU, to one Triton call for an
-    H200: Pallas's lowering rules for Triton run here; Triton's own compiler runs only on a GPU."""
+    H200 (and, with splits, a combine without reductions): Pallas's lowering rules for Triton run here; Triton's
+    own compiler runs only on a GPU."""
     b, kv, s, h = 64, 8, 1280, 128
     args = [jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in (
         ((b, kv, groups + 2, h), jnp.bfloat16), ((b, kv, s, h), cache_dtype), ((b, kv, s, h), cache_dtype),
@@ -182,6 +183,9 @@ def test_lowers_to_one_triton_kernel_for_cuda(groups, splits, cache_dtype, opera
     with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((1,), ("x",), abstract_device=h200)):
         text = jax.jit(run, donate_argnums=(1, 2)).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
     assert text.count("__gpu$xla.gpu.triton") == 1
+    # Splits are combined by elementwise ops over static slices, no reduction: one XLA loop fusion, not two
+    # kernels per layer and step (run I's batch-8 profile: the launches of small kernels are what costs).
+    assert "stablehlo.reduce" not in text
 
 
 def test_under_a_mesh_each_device_runs_its_rows_and_heads():

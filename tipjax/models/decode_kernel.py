@@ -249,18 +249,23 @@ def _call(starts, index, qkv, cos, sin, norm, k_cache, v_cache, *shared, scale, 
     if splits == 1:
         return tuple(results)
     acc, m, l, k_layer, v_layer = results
-    top = jnp.max(m, axis=2, keepdims=True)  # finite: split 0 holds the new slot
-    w = jnp.exp(m - top)                     # [B, K, splits, G], 0 for splits that saw nothing
-    out = jnp.sum(w[..., None] * acc, axis=2) / jnp.sum(w * l, axis=2)[..., None]
-    return out.astype(qkv.dtype), k_layer, v_layer
+    # Unrolled over the few splits: elementwise ops on static slices, not reductions over the split axis, so XLA
+    # combines in one loop fusion (a max reduction and a weighted sum would be two kernels per layer and step).
+    top = functools.reduce(jnp.maximum, [m[:, :, i] for i in range(splits)])  # finite: split 0 holds the new slot
+    w = [jnp.exp(m[:, :, i] - top) for i in range(splits)]  # [B, K, G] each, 0 for splits that saw nothing
+    num = functools.reduce(jnp.add, [w[i][..., None] * acc[:, :, i] for i in range(splits)])
+    den = functools.reduce(jnp.add, [w[i] * l[:, :, i] for i in range(splits)])
+    return (num / den[..., None]).astype(qkv.dtype), k_layer, v_layer
 
 
 def _compiler_params(tiling: Tiling, interpret: bool):
-    if interpret:
-        return None
-    if TRITON is None:
-        raise ValueError(f"decode_attention='pallas' {missing_here()}")
-    return TRITON.CompilerParams(num_warps=tiling.num_warps, num_stages=tiling.num_stages)
+    """Triton's launch settings (interpret mode ignores them, but they stay visible in its jaxpr); none where jax
+    no longer ships Triton, which only interpret mode can do without."""
+    if TRITON is not None:
+        return TRITON.CompilerParams(num_warps=tiling.num_warps, num_stages=tiling.num_stages)
+    if not interpret:
+        raise ValueError(f"decode_attention='pallas' {no_triton()}")
+    return None
 
 
 def _kernel(starts_ref, index_ref, qkv_ref, cos_ref, sin_ref, norm_ref, k_ref, v_ref, *refs,
