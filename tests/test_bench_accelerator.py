@@ -12,28 +12,19 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import bench_accelerator_docs  # noqa: E402
 
 
-def test_smoke_runs_on_cpu(tmp_path):
+def _smoke(tmp_path, rows: str):
+    """scripts/bench_accelerator.py --smoke over some rows of its plan: (its JSON, {section: run}, stdout)."""
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_accelerator.py"), str(tmp_path), "--smoke",
-                           "--only", "ceilings;decode HLO;decode attention kernel;train new;"
-                           "update new alone, profiled, command buffers off"], capture_output=True,
-                          text=True, timeout=300)
+                           "--only", rows], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = json.loads((tmp_path / "bench_accelerator.json").read_text())
-    runs = {r["section"]: r for r in results["runs"]}
-    assert results["smoke"] and set(runs) == {"ceilings", "hlo", "kernel", "train"}
-    # The update alone, timed directly and profiled (the device session's first profile row): its kernels are
-    # the teacher's and student's passes, none of a rollout.
-    alone = [r for r in results["runs"] if r["label"].startswith("update new alone")][0]
-    assert "error" not in alone and alone["rollout_s"] is None and alone["update_s"] == alone["step_s"] > 0
-    stages = {row["stage"] for row in alone["profile"]["by_scope"]}
-    assert "grad" in stages and "rollout" not in stages, stages
-    assert "### Where the update's device time goes" in proc.stdout
-    runs["train"] = [r for r in results["runs"] if r["label"] == "train new"][0]
-    # The step row (the device session's first after the kernel): its update runs prompts once (smoke: 2 prompts x
-    # 4 samples, 4 micro-batches, so 2 copies of each prompt), and the executed FLOPs are fewer than the model's.
-    train = runs["train"]
-    assert "error" not in train and train["step_s"] > 0 and train["update_shares_prompts"]
-    assert 0 < train["update_executed_tflops"] < train["update_model_tflops"]
+    assert results["smoke"]
+    return results, {r["section"]: r for r in results["runs"]}, proc.stdout
+
+
+def test_smoke_kernel_rows_run_on_cpu(tmp_path):
+    results, runs, stdout = _smoke(tmp_path, "ceilings;decode HLO;decode attention kernel")
+    assert set(runs) == {"ceilings", "hlo", "kernel"}
     # The kernel row checks the kernel against the xla path (bf16: within rounding) besides timing both.
     kernel_rows = runs["kernel"]["rows"]
     assert len(kernel_rows) == 6 and all(r["us_per_call"] > 0 and r["max_abs_diff_vs_xla"] < 1e-2 for r in kernel_rows)
@@ -44,9 +35,24 @@ def test_smoke_runs_on_cpu(tmp_path):
     # The row's fields for the docs. (XLA:CPU fuses a window slice into its dot, so the slice guard is the jaxpr
     # test in test_decode_paths.py; here the writes listed are CPU's f32 converts of the bf16 cache.)
     assert isinstance(runs["hlo"]["cache_writes"], list) and runs["hlo"]["decode_kernels"] > 0
-    assert "Ceilings measured in the run" in proc.stdout and "### Compiled decode loop" in proc.stdout
-    assert "### The attention half of a decode layer alone" in proc.stdout and "| float8_e4m3fn | kernel" in proc.stdout
-    assert "### OPD step" in proc.stdout
+    assert "Ceilings measured in the run" in stdout and "### Compiled decode loop" in stdout
+    assert "### The attention half of a decode layer alone" in stdout and "| float8_e4m3fn | kernel" in stdout
+
+
+def test_smoke_step_rows_run_on_cpu(tmp_path):
+    """The device session's first step rows: the whole step, and the update alone under the profiler."""
+    results, _, stdout = _smoke(tmp_path, "train new;update new alone, profiled, command buffers off")
+    train, alone = results["runs"]
+    # The step's update runs prompts once (smoke: 2 prompts x 4 samples, 4 micro-batches, so 2 copies of each
+    # prompt), and the executed FLOPs are fewer than the model's.
+    assert train["label"] == "train new" and "error" not in train and train["step_s"] > 0
+    assert train["update_shares_prompts"] and 0 < train["update_executed_tflops"] < train["update_model_tflops"]
+    # The update alone, timed directly and profiled: its kernels are the teacher's and student's passes, none of a
+    # rollout.
+    assert "error" not in alone and alone["rollout_s"] is None and alone["update_s"] == alone["step_s"] > 0
+    stages = {row["stage"] for row in alone["profile"]["by_scope"]}
+    assert "grad" in stages and "rollout" not in stages, stages
+    assert "### OPD step" in stdout and "### Where the update's device time goes" in stdout
 
 
 def test_docs_render_from_checked_in_results(tmp_path):
