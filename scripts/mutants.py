@@ -220,6 +220,18 @@ MUTANTS: tuple[Mutant, ...] = (
         "lambda i, j, k: (i % (b // samples), j, 0, 0)),  # its keys",
         ("tests/test_shared_prompt.py",),
         "decode kernel row b reads the keys of prompt b mod P instead of b // n (its values stay right)"),
+    Mutant(
+        "decode_auto_ignores_missing_triton", "tipjax/models/attention.py",
+        'auto = platform == "cuda" and triton and fits',
+        'auto = platform == "cuda" and fits',
+        ("tests/test_decode_paths.py",),
+        "a jax without Pallas's Triton backend: 'auto' still picks the Triton decode kernel on CUDA"),
+    Mutant(
+        "decode_combine_reduces_one_split", "tipjax/models/decode_kernel.py",
+        "den = functools.reduce(jnp.add, [w[i] * l[:, :, i] for i in range(splits)])",
+        "den = functools.reduce(jnp.add, [w[i] * l[:, :, i] for i in range(splits - 1)])",
+        ("tests/test_decode_kernel.py",),
+        "the split decode's combine leaves the last split out of the softmax normaliser"),
     # --- training loop, checkpoints ---------------------------------------------------------------------------
     Mutant(
         "prompt_state_not_restored", "tipjax/train.py",
@@ -233,6 +245,13 @@ MUTANTS: tuple[Mutant, ...] = (
         "return Restored(step, _from_disk(restored[STATE], abstract_state), None)",
         ("tests/test_checkpoint_recovery.py", "tests/test_resume.py"),
         "Checkpointer.restore reads the prompt-iterator state but returns None for it"),
+    Mutant(
+        "profile_stage_from_the_jitted_name", "scripts/profile_summary.py",
+        "scopes = segments[1:]",
+        "scopes = segments",
+        ("tests/test_profile_summary.py",),
+        "the profile summary counts every kernel of a function jitted as `update` (the update alone) as the "
+        "optimizer stage"),
     # --- grading ---------------------------------------------------------------------------------------------
     Mutant(
         "grading_accepts_any_boxed_answer", "tipjax/grading.py",
