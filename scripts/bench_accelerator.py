@@ -257,7 +257,8 @@ def worker_train(args, smoke):
     mask = jax.device_put(np.ones((p, tp), np.int32), batch)
     shardings = (opt.state_shardings, models.model_shardings(teacher, mesh), batch, batch)
     inputs = (state, teacher, ids, mask)
-    if args.get("update_alone"):  # steps 2-5 on one rollout's samples: timed and profiled without 1024 decode steps
+    alone = args.get("update_alone", False)
+    if alone:  # steps 2-5 on one rollout's samples: timed and profiled without 1024 decode steps
         samples = jax.jit(functools.partial(step_lib.rollout_samples, settings))(state, ids, mask)
         program = step_lib.build_update(settings, opt.optimizer, opt.schedule)
         inputs, shardings = inputs + (samples,), shardings + (None,)
@@ -280,14 +281,13 @@ def worker_train(args, smoke):
     out = dict(tilings=[list(dataclasses.astuple(t)) for t in (decode_kernel.DEFAULT, decode_kernel.DEFAULT_FLOAT8)],
                setup_s=setup_s, compile_s=compile_s, steps_s=steps, step_s=step_s, temp_gib=temp_gib,
                loss=float(metrics["loss"]), response_tokens=float(metrics["response_tokens"]))
-    if args.get("rollout", True) or args.get("update_alone"):
-        if args.get("update_alone"):
-            roll_s, update_s = None, step_s
-        else:
-            rollout = jax.jit(step_lib.build_rollout(settings))
-            jax.block_until_ready(rollout(state, ids, mask))
-            roll_s = _median_time(lambda: jax.block_until_ready(rollout(state, ids, mask)), 2)
-            update_s = max(step_s - roll_s, 1e-9)
+    roll_s, update_s = None, step_s  # the update alone: its steps are updates
+    if not alone and args.get("rollout", True):
+        rollout = jax.jit(step_lib.build_rollout(settings))
+        jax.block_until_ready(rollout(state, ids, mask))
+        roll_s = _median_time(lambda: jax.block_until_ready(rollout(state, ids, mask)), 2)
+        update_s = max(step_s - roll_s, 1e-9)
+    if alone or args.get("rollout", True):
         rows_b, seq = p * n, tp + new
         head = 2 * rows_b * new * (3 * s_cfg.hidden_size + t_cfg.hidden_size) * s_cfg.vocab_size
         # accel_probe's count (remat full: student 2 forward + 2 recompute + 4 backward = 8 per param and
@@ -378,10 +378,9 @@ def plan():
         ("train", "train new", "train", dict(steps=2), "new", {}, 110),
         ("train", "train new, prompts not shared", "train", dict(steps=2, rollout_spec=dict(share_prompt=False)),
          "new", {}, 110),
-        # Where the update's 1.6 s go (runs C-I measured it only as step minus rollout; the row was past run I's
-        # budget, so it now runs early).
-        # The update alone (step.build_update on one rollout's samples): timed directly, not as step minus rollout,
-        # and its profile holds no decode kernels.
+        # Where the update's 1.6 s go: the update alone (step.build_update on one rollout's samples), timed
+        # directly (runs C-I took step minus rollout) and profiled without decode kernels; early, as the profile
+        # row was past run I's budget.
         ("train", "update new alone, profiled, command buffers off", "train",
          dict(steps=3, update_alone=True, profile="OUT/profile"), "new", {"XLA_FLAGS": NO_COMMAND_BUFFERS}, 90),
         # "auto" decodes with tipjax's Pallas kernel on CUDA (runs G, I: faster than xla at batch 8 and 64).

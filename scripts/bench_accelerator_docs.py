@@ -21,6 +21,11 @@ def _label(run) -> str:
     return run["label"] + (f" ({'; '.join(parts)})" if parts else "")
 
 
+def _update_alone(row: dict) -> bool:
+    """A train row that timed the update alone: it records its rollout time as None (older runs: no key)."""
+    return "rollout_s" in row and row["rollout_s"] is None
+
+
 def render(results: dict) -> str:
     env = next((r["env"] for r in results["runs"] if "env" in r), {})
     lines = ["## Accelerator", ""]
@@ -101,7 +106,7 @@ def render(results: dict) -> str:
             mfu = f"{r['update_model_tflops'] / PEAK_BF16_TFLOPS:.0%}" if "update_model_tflops" in r else "-"
             # Runs before the update ran each prompt once for its samples recorded no executed count.
             ran = f"{r['update_executed_tflops']:.0f}" if r.get("update_shares_prompts") else "-"
-            step = "-" if "rollout_s" in r and r["rollout_s"] is None else f"{r['step_s']:.2f}"
+            step = "-" if _update_alone(r) else f"{r['step_s']:.2f}"
             lines.append(f"| {_label(r)} | {r['compile_s']:.1f} | {step} | {roll} | {upd} | {tf} | {mfu} "
                          f"| {ran} | {r['temp_gib']:.1f} |")
         lines.append("")
@@ -109,7 +114,7 @@ def render(results: dict) -> str:
     if profiled:
         prof = profiled["profile"]
         total = prof["total_ms"] or 1.0
-        what = "the update's" if profiled.get("rollout_s", 0) is None else "one OPD step's"
+        what = "the update's" if _update_alone(profiled) else "one OPD step's"
         lines += [f"### Where {what} device time goes ({profiled['label']}, jax.profiler)", "",
                   f"{prof['kernels']} kernels, {prof['total_ms']:.0f} ms of kernel time"
                   + (f" in a span of {prof['span_ms']:.0f} ms " if prof.get("span_ms") else " ") +

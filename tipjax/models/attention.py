@@ -179,10 +179,9 @@ def resolve_decode_backend(requested: str, platform: str, *, t: int, s: int, hea
     if requested == "pallas" and platform == "tpu":
         raise ValueError("decode_attention='pallas' is a Triton kernel for GPUs (interpret mode elsewhere, for tests); "
                          "on TPU use 'xla' or 'auto'")
-    on_gpu = platform in ("cuda", "rocm")
-    if requested == "pallas" and on_gpu and not triton:
-        raise ValueError(f"decode_attention='pallas' {decode_kernel.no_triton()}")
     if requested == "pallas":
+        if platform in ("cuda", "rocm") and not triton:
+            raise ValueError(f"decode_attention='pallas' {decode_kernel.no_triton()}")
         if not fits:
             raise ValueError(f"decode_attention='pallas' needs one query per row, contiguous rows (starts), a cache "
                              f"length (and shared prompt length) that is a multiple of {block} and power-of-two "
